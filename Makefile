@@ -5,18 +5,27 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+LINT_DIRS := service tests migrations $(wildcard bench)
+BENCH ?= pagination perf
 PROTO_FILES := $(shell find protos -name '*.proto' | sort)
 # googleapis-common-protos ships google/api/*.proto next to its modules.
 GOOGLEAPIS_INCLUDE = $(shell $(PY) -c 'import google.api, os; print(os.path.dirname(os.path.dirname(google.api.__path__[0])))')
 
 .PHONY: install proto check-generated lint test run migrate bench clean
+.PHONY: protodeps buf-lint buf-breaking examples-node docs
+
+BUF := $(BIN)/buf
+# google/api/*.proto for buf, copied from googleapis-common-protos (see buf.yaml).
+PROTODEPS := .protodeps/googleapis
+# buf-breaking compares protos/ of the working tree with this commit's.
+BUF_AGAINST ?= HEAD~1
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	touch $(STAMP)
 
 proto: install
@@ -32,9 +41,9 @@ check-generated: proto
 	  { git status --porcelain -- generated; echo 'generated/ is stale: run make proto and commit'; exit 1; }
 
 lint: install
-	$(BIN)/ruff check service tests migrations bench
-	$(BIN)/ruff format --check service tests migrations bench
-	$(BIN)/mypy service tests
+	$(BIN)/ruff check $(LINT_DIRS)
+	$(BIN)/ruff format --check $(LINT_DIRS)
+	$(BIN)/mypy service
 
 test: install
 	$(BIN)/pytest $(PYTEST_ARGS)
@@ -45,8 +54,54 @@ migrate: install
 run: install
 	$(BIN)/taskservice serve --migrate
 
+# Each bench in turn (BENCH=perf for one); BENCH_ARGS go to each, e.g. --keep or --smoke.
 bench: install
-	$(PY) -m bench $(BENCH_ARGS)
+	for name in $(BENCH); do $(PY) -m bench $$name $(BENCH_ARGS) || exit 1; done
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+
+protodeps: install
+	rm -rf $(PROTODEPS)
+	mkdir -p $(PROTODEPS)/google/api
+	cp $(GOOGLEAPIS_INCLUDE)/google/api/*.proto $(PROTODEPS)/google/api/
+
+buf-lint: protodeps
+	$(BUF) lint
+
+# The against side is built from `git archive` plus today's buf.yaml and .protodeps
+# (neither is in git), so it works offline and for commits made before buf.yaml existed.
+buf-breaking: protodeps
+	@set -euo pipefail; \
+	if ! git rev-parse --quiet --verify '$(BUF_AGAINST)^{commit}' >/dev/null \
+	    && [ "$$(git rev-parse --is-shallow-repository)" = true ]; then \
+	  git fetch --quiet --deepen=1 || true; \
+	fi; \
+	if ! git rev-parse --quiet --verify '$(BUF_AGAINST)^{commit}' >/dev/null; then \
+	  if [ "$$(git rev-list --count HEAD 2>/dev/null || echo 0)" -le 1 ] \
+	      && [ "$$(git rev-parse --is-shallow-repository)" != true ]; then \
+	    echo "buf-breaking: skipped: no previous commit to compare with"; \
+	    exit 0; \
+	  fi; \
+	  echo "buf-breaking: commit $(BUF_AGAINST) not found (shallow clone? fetch more history)" >&2; \
+	  exit 1; \
+	fi; \
+	if [ -z "$$(git ls-tree -d '$(BUF_AGAINST)' protos)" ]; then \
+	  echo "buf-breaking: skipped: $(BUF_AGAINST) has no protos/"; \
+	  exit 0; \
+	fi; \
+	against=$$(mktemp -d); trap 'rm -rf "$$against"' EXIT; \
+	git archive '$(BUF_AGAINST)' protos | tar -x -C "$$against"; \
+	cp -R buf.yaml .protodeps "$$against"/; \
+	echo "buf breaking: protos/ against $(BUF_AGAINST) ($$(git rev-parse --short '$(BUF_AGAINST)'))"; \
+	$(BUF) breaking --against "$$against"
+
+# npm ci only when package-lock.json changed (npm ci writes node_modules/.package-lock.json);
+# the two packages need no install scripts.
+examples-node: examples/node/node_modules/.package-lock.json
+
+examples/node/node_modules/.package-lock.json: examples/node/package.json examples/node/package-lock.json
+	cd examples/node && npm ci --ignore-scripts --no-audit --no-fund
+
+docs: install
+	$(PY) -m service.settings_table README.md

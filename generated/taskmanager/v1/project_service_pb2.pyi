@@ -27,18 +27,34 @@ class CreateProjectRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PROJECT_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Shorthand for `project.name`, for hand-typed calls such as
+    `grpcurl -d '{"name":"demo"}'`. When both are set they must be equal,
+    else INVALID_ARGUMENT.
+    """
+    request_id: _builtins.str
+    """Idempotency key (AIP-155), a UUID: a retry with the same request_id and
+    the same payload returns the first response and creates nothing; the same
+    request_id with another payload is ALREADY_EXISTS. Kept for 7 days.
+    """
     @_builtins.property
     def project(self) -> _resources_pb2.Project:
-        """The project to create; output-only fields are ignored."""
+        """The project to create; output-only fields are ignored. Required unless
+        the `name` shorthand is used.
+        """
 
     def __init__(
         self,
         *,
         project: _resources_pb2.Project | None = ...,
+        name: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["project", b"project"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["project", b"project"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "project", b"project", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -161,16 +177,20 @@ class DeleteProjectRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """The project's id."""
+    etag: _builtins.str
+    """If set, delete only if the project's etag still equals this (else ABORTED)."""
     def __init__(
         self,
         *,
         id: _builtins.int = ...,
+        etag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "id", b"id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

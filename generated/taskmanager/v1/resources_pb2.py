@@ -23,10 +23,11 @@ _sym_db = _symbol_database.Default()
 
 
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etaskmanager/v1/resources.proto\x12\x0etaskmanager.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x91\x04\n\x04Task\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x19\n\nproject_id\x18\x02 \x01(\x03\x42\x05\xe2\x41\x02\x02\x05\x12\x13\n\x05title\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0b\x64\x65scription\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\x30\n\x06status\x18\x05 \x01(\x0e\x32\x1a.taskmanager.v1.TaskStatusB\x04\xe2\x41\x01\x01\x12\x34\n\x08priority\x18\x06 \x01(\x0e\x32\x1c.taskmanager.v1.TaskPriorityB\x04\xe2\x41\x01\x01\x12\x12\n\x04tags\x18\x07 \x03(\tB\x04\xe2\x41\x01\x01\x12\x1e\n\x0b\x61ssignee_id\x18\x08 \x01(\x03\x42\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x12!\n\x0eparent_task_id\x18\t \x01(\x03\x42\x04\xe2\x41\x01\x01H\x01\x88\x01\x01\x12\x35\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12.\n\x08\x61ssignee\x18\x0c \x01(\x0b\x32\x16.taskmanager.v1.WorkerB\x04\xe2\x41\x01\x03\x12,\n\x08subtasks\x18\r \x03(\x0b\x32\x14.taskmanager.v1.TaskB\x04\xe2\x41\x01\x03\x42\x0e\n\x0c_assignee_idB\x11\n\x0f_parent_task_id\"\xb8\x01\n\x07Project\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x12\n\x04name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0b\x64\x65scription\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x35\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\xb1\x01\n\x06Worker\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x12\n\x04name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05\x65mail\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x35\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"u\n\tTimeRange\x12\x34\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\x12\x32\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01*\xa9\x01\n\nTaskStatus\x12\x1b\n\x17TASK_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13TASK_STATUS_PENDING\x10\x01\x12\x1b\n\x17TASK_STATUS_IN_PROGRESS\x10\x02\x12\x17\n\x13TASK_STATUS_BLOCKED\x10\x03\x12\x14\n\x10TASK_STATUS_DONE\x10\x04\x12\x19\n\x15TASK_STATUS_CANCELLED\x10\x05*\x90\x01\n\x0cTaskPriority\x12\x1d\n\x19TASK_PRIORITY_UNSPECIFIED\x10\x00\x12\x15\n\x11TASK_PRIORITY_LOW\x10\x01\x12\x18\n\x14TASK_PRIORITY_MEDIUM\x10\x02\x12\x16\n\x12TASK_PRIORITY_HIGH\x10\x03\x12\x18\n\x14TASK_PRIORITY_URGENT\x10\x04*N\n\x08TaskView\x12\x19\n\x15TASK_VIEW_UNSPECIFIED\x10\x00\x12\x13\n\x0fTASK_VIEW_BASIC\x10\x01\x12\x12\n\x0eTASK_VIEW_FULL\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etaskmanager/v1/resources.proto\x12\x0etaskmanager.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdc\x04\n\x04Task\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x19\n\nproject_id\x18\x02 \x01(\x03\x42\x05\xe2\x41\x02\x02\x05\x12\x13\n\x05title\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0b\x64\x65scription\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\x30\n\x06status\x18\x05 \x01(\x0e\x32\x1a.taskmanager.v1.TaskStatusB\x04\xe2\x41\x01\x01\x12\x34\n\x08priority\x18\x06 \x01(\x0e\x32\x1c.taskmanager.v1.TaskPriorityB\x04\xe2\x41\x01\x01\x12\x12\n\x04tags\x18\x07 \x03(\tB\x04\xe2\x41\x01\x01\x12\x1e\n\x0b\x61ssignee_id\x18\x08 \x01(\x03\x42\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x12!\n\x0eparent_task_id\x18\t \x01(\x03\x42\x04\xe2\x41\x01\x01H\x01\x88\x01\x01\x12\x35\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12.\n\x08\x61ssignee\x18\x0c \x01(\x0b\x32\x16.taskmanager.v1.WorkerB\x04\xe2\x41\x01\x03\x12,\n\x08subtasks\x18\r \x03(\x0b\x32\x14.taskmanager.v1.TaskB\x04\xe2\x41\x01\x03\x12\x12\n\x04\x65tag\x18\x0e \x01(\tB\x04\xe2\x41\x01\x01\x12\x35\n\x0b\x64\x65lete_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x42\x0e\n\x0c_assignee_idB\x11\n\x0f_parent_task_id\"\xcc\x01\n\x07Project\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x12\n\x04name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0b\x64\x65scription\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x35\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x12\n\x04\x65tag\x18\x06 \x01(\tB\x04\xe2\x41\x01\x01\"\xc5\x01\n\x06Worker\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x12\n\x04name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05\x65mail\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x35\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x12\n\x04\x65tag\x18\x06 \x01(\tB\x04\xe2\x41\x01\x01\"u\n\tTimeRange\x12\x34\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\x12\x32\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\"\xe7\x01\n\nAuditEvent\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x65ntity_type\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x17\n\tentity_id\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x14\n\x06\x61\x63tion\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05\x61\x63tor\x18\x05 \x01(\tB\x04\xe2\x41\x01\x03\x12\x34\n\nevent_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x32\n\x07\x63hanges\x18\x07 \x03(\x0b\x32\x1b.taskmanager.v1.FieldChangeB\x04\xe2\x41\x01\x03\"\x84\x01\n\x0b\x46ieldChange\x12\x13\n\x05\x66ield\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12/\n\told_value\x18\x02 \x01(\x0b\x32\x16.google.protobuf.ValueB\x04\xe2\x41\x01\x03\x12/\n\tnew_value\x18\x03 \x01(\x0b\x32\x16.google.protobuf.ValueB\x04\xe2\x41\x01\x03*\xa9\x01\n\nTaskStatus\x12\x1b\n\x17TASK_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13TASK_STATUS_PENDING\x10\x01\x12\x1b\n\x17TASK_STATUS_IN_PROGRESS\x10\x02\x12\x17\n\x13TASK_STATUS_BLOCKED\x10\x03\x12\x14\n\x10TASK_STATUS_DONE\x10\x04\x12\x19\n\x15TASK_STATUS_CANCELLED\x10\x05*\x90\x01\n\x0cTaskPriority\x12\x1d\n\x19TASK_PRIORITY_UNSPECIFIED\x10\x00\x12\x15\n\x11TASK_PRIORITY_LOW\x10\x01\x12\x18\n\x14TASK_PRIORITY_MEDIUM\x10\x02\x12\x16\n\x12TASK_PRIORITY_HIGH\x10\x03\x12\x18\n\x14TASK_PRIORITY_URGENT\x10\x04*N\n\x08TaskView\x12\x19\n\x15TASK_VIEW_UNSPECIFIED\x10\x00\x12\x13\n\x0fTASK_VIEW_BASIC\x10\x01\x12\x12\n\x0eTASK_VIEW_FULL\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -59,6 +60,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASK'].fields_by_name['assignee']._serialized_options = b'\342A\001\003'
   _globals['_TASK'].fields_by_name['subtasks']._loaded_options = None
   _globals['_TASK'].fields_by_name['subtasks']._serialized_options = b'\342A\001\003'
+  _globals['_TASK'].fields_by_name['etag']._loaded_options = None
+  _globals['_TASK'].fields_by_name['etag']._serialized_options = b'\342A\001\001'
+  _globals['_TASK'].fields_by_name['delete_time']._loaded_options = None
+  _globals['_TASK'].fields_by_name['delete_time']._serialized_options = b'\342A\001\003'
   _globals['_PROJECT'].fields_by_name['id']._loaded_options = None
   _globals['_PROJECT'].fields_by_name['id']._serialized_options = b'\342A\001\003'
   _globals['_PROJECT'].fields_by_name['name']._loaded_options = None
@@ -69,6 +74,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROJECT'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
   _globals['_PROJECT'].fields_by_name['update_time']._loaded_options = None
   _globals['_PROJECT'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
+  _globals['_PROJECT'].fields_by_name['etag']._loaded_options = None
+  _globals['_PROJECT'].fields_by_name['etag']._serialized_options = b'\342A\001\001'
   _globals['_WORKER'].fields_by_name['id']._loaded_options = None
   _globals['_WORKER'].fields_by_name['id']._serialized_options = b'\342A\001\003'
   _globals['_WORKER'].fields_by_name['name']._loaded_options = None
@@ -79,22 +86,48 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WORKER'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
   _globals['_WORKER'].fields_by_name['update_time']._loaded_options = None
   _globals['_WORKER'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
+  _globals['_WORKER'].fields_by_name['etag']._loaded_options = None
+  _globals['_WORKER'].fields_by_name['etag']._serialized_options = b'\342A\001\001'
   _globals['_TIMERANGE'].fields_by_name['start_time']._loaded_options = None
   _globals['_TIMERANGE'].fields_by_name['start_time']._serialized_options = b'\342A\001\001'
   _globals['_TIMERANGE'].fields_by_name['end_time']._loaded_options = None
   _globals['_TIMERANGE'].fields_by_name['end_time']._serialized_options = b'\342A\001\001'
-  _globals['_TASKSTATUS']._serialized_start=1135
-  _globals['_TASKSTATUS']._serialized_end=1304
-  _globals['_TASKPRIORITY']._serialized_start=1307
-  _globals['_TASKPRIORITY']._serialized_end=1451
-  _globals['_TASKVIEW']._serialized_start=1453
-  _globals['_TASKVIEW']._serialized_end=1531
-  _globals['_TASK']._serialized_start=117
-  _globals['_TASK']._serialized_end=646
-  _globals['_PROJECT']._serialized_start=649
-  _globals['_PROJECT']._serialized_end=833
-  _globals['_WORKER']._serialized_start=836
-  _globals['_WORKER']._serialized_end=1013
-  _globals['_TIMERANGE']._serialized_start=1015
-  _globals['_TIMERANGE']._serialized_end=1132
+  _globals['_AUDITEVENT'].fields_by_name['id']._loaded_options = None
+  _globals['_AUDITEVENT'].fields_by_name['id']._serialized_options = b'\342A\001\003'
+  _globals['_AUDITEVENT'].fields_by_name['entity_type']._loaded_options = None
+  _globals['_AUDITEVENT'].fields_by_name['entity_type']._serialized_options = b'\342A\001\003'
+  _globals['_AUDITEVENT'].fields_by_name['entity_id']._loaded_options = None
+  _globals['_AUDITEVENT'].fields_by_name['entity_id']._serialized_options = b'\342A\001\003'
+  _globals['_AUDITEVENT'].fields_by_name['action']._loaded_options = None
+  _globals['_AUDITEVENT'].fields_by_name['action']._serialized_options = b'\342A\001\003'
+  _globals['_AUDITEVENT'].fields_by_name['actor']._loaded_options = None
+  _globals['_AUDITEVENT'].fields_by_name['actor']._serialized_options = b'\342A\001\003'
+  _globals['_AUDITEVENT'].fields_by_name['event_time']._loaded_options = None
+  _globals['_AUDITEVENT'].fields_by_name['event_time']._serialized_options = b'\342A\001\003'
+  _globals['_AUDITEVENT'].fields_by_name['changes']._loaded_options = None
+  _globals['_AUDITEVENT'].fields_by_name['changes']._serialized_options = b'\342A\001\003'
+  _globals['_FIELDCHANGE'].fields_by_name['field']._loaded_options = None
+  _globals['_FIELDCHANGE'].fields_by_name['field']._serialized_options = b'\342A\001\003'
+  _globals['_FIELDCHANGE'].fields_by_name['old_value']._loaded_options = None
+  _globals['_FIELDCHANGE'].fields_by_name['old_value']._serialized_options = b'\342A\001\003'
+  _globals['_FIELDCHANGE'].fields_by_name['new_value']._loaded_options = None
+  _globals['_FIELDCHANGE'].fields_by_name['new_value']._serialized_options = b'\342A\001\003'
+  _globals['_TASKSTATUS']._serialized_start=1649
+  _globals['_TASKSTATUS']._serialized_end=1818
+  _globals['_TASKPRIORITY']._serialized_start=1821
+  _globals['_TASKPRIORITY']._serialized_end=1965
+  _globals['_TASKVIEW']._serialized_start=1967
+  _globals['_TASKVIEW']._serialized_end=2045
+  _globals['_TASK']._serialized_start=147
+  _globals['_TASK']._serialized_end=751
+  _globals['_PROJECT']._serialized_start=754
+  _globals['_PROJECT']._serialized_end=958
+  _globals['_WORKER']._serialized_start=961
+  _globals['_WORKER']._serialized_end=1158
+  _globals['_TIMERANGE']._serialized_start=1160
+  _globals['_TIMERANGE']._serialized_end=1277
+  _globals['_AUDITEVENT']._serialized_start=1280
+  _globals['_AUDITEVENT']._serialized_end=1511
+  _globals['_FIELDCHANGE']._serialized_start=1514
+  _globals['_FIELDCHANGE']._serialized_end=1646
 # @@protoc_insertion_point(module_scope)

@@ -8,6 +8,7 @@ the workers they are assigned to.
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -139,6 +140,8 @@ class Task(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ASSIGNEE_FIELD_NUMBER: _builtins.int
     SUBTASKS_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    DELETE_TIME_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Server-assigned identifier, positive."""
     project_id: _builtins.int
@@ -158,6 +161,11 @@ class Task(_message.Message):
     parent_task_id: _builtins.int
     """The parent task, which must be in the same project; unset means a
     top-level task.
+    """
+    etag: _builtins.str
+    """Version tag (AIP-154), changed by every write. Send it back in an update
+    (or delete request) to make the write conditional: a stale etag is
+    ABORTED. Leave it empty for last-write-wins.
     """
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -181,6 +189,13 @@ class Task(_message.Message):
         only filled with TASK_VIEW_FULL.
         """
 
+    @_builtins.property
+    def delete_time(self) -> _timestamp_pb2.Timestamp:
+        """When the task was soft-deleted (AIP-164); unset for a live task. Deleted
+        tasks are hidden from List and Stream unless `show_deleted`, can be
+        restored with UndeleteTask, and are purged 30 days after deletion.
+        """
+
     def __init__(
         self,
         *,
@@ -197,10 +212,12 @@ class Task(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         assignee: Global___Worker | None = ...,
         subtasks: _abc.Iterable[Global___Task] | None = ...,
+        etag: _builtins.str = ...,
+        delete_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_parent_task_id", b"_parent_task_id", "assignee", b"assignee", "assignee_id", b"assignee_id", "create_time", b"create_time", "parent_task_id", b"parent_task_id", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_parent_task_id", b"_parent_task_id", "assignee", b"assignee", "assignee_id", b"assignee_id", "create_time", b"create_time", "delete_time", b"delete_time", "parent_task_id", b"parent_task_id", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_parent_task_id", b"_parent_task_id", "assignee", b"assignee", "assignee_id", b"assignee_id", "create_time", b"create_time", "description", b"description", "id", b"id", "parent_task_id", b"parent_task_id", "priority", b"priority", "project_id", b"project_id", "status", b"status", "subtasks", b"subtasks", "tags", b"tags", "title", b"title", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_parent_task_id", b"_parent_task_id", "assignee", b"assignee", "assignee_id", b"assignee_id", "create_time", b"create_time", "delete_time", b"delete_time", "description", b"description", "etag", b"etag", "id", b"id", "parent_task_id", b"parent_task_id", "priority", b"priority", "project_id", b"project_id", "status", b"status", "subtasks", b"subtasks", "tags", b"tags", "title", b"title", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__assignee_id: _TypeAlias = _typing.Literal["assignee_id"]  # noqa: Y015
     _WhichOneofArgType__assignee_id: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id"]  # noqa: Y015
@@ -224,12 +241,18 @@ class Project(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Server-assigned identifier, positive."""
     name: _builtins.str
     """Unique name, 1 to 200 characters after trimming."""
     description: _builtins.str
     """Free-form description; may be empty."""
+    etag: _builtins.str
+    """Version tag (AIP-154), changed by every write. Send it back in an update
+    (or delete request) to make the write conditional: a stale etag is
+    ABORTED. Leave it empty for last-write-wins.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the project was created (UTC)."""
@@ -246,10 +269,11 @@ class Project(_message.Message):
         description: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        etag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "id", b"id", "name", b"name", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "etag", b"etag", "id", b"id", "name", b"name", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -266,12 +290,18 @@ class Worker(_message.Message):
     EMAIL_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Server-assigned identifier, positive."""
     name: _builtins.str
     """Display name, 1 to 200 characters after trimming."""
     email: _builtins.str
     """Unique e-mail address."""
+    etag: _builtins.str
+    """Version tag (AIP-154), changed by every write. Send it back in an update
+    (or delete request) to make the write conditional: a stale etag is
+    ABORTED. Leave it empty for last-write-wins.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the worker was created (UTC)."""
@@ -288,10 +318,11 @@ class Worker(_message.Message):
         email: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        etag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "email", b"email", "id", b"id", "name", b"name", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "email", b"email", "etag", b"etag", "id", b"id", "name", b"name", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -326,3 +357,91 @@ class TimeRange(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TimeRange: _TypeAlias = TimeRange  # noqa: Y015
+
+@_typing.final
+class AuditEvent(_message.Message):
+    """One recorded change of a task, project or worker (the audit trail)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    ENTITY_TYPE_FIELD_NUMBER: _builtins.int
+    ENTITY_ID_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    EVENT_TIME_FIELD_NUMBER: _builtins.int
+    CHANGES_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """Position in the audit trail; strictly increasing in commit order of
+    allocation, so it can serve as a change-stream cursor.
+    """
+    entity_type: _builtins.str
+    """`task`, `project` or `worker`."""
+    entity_id: _builtins.int
+    """Id of the changed entity."""
+    action: _builtins.str
+    """`create`, `update`, `delete` or `undelete`."""
+    actor: _builtins.str
+    """Who made the change: the authenticated principal when bearer-token auth
+    is on; otherwise the `x-actor` request metadata, else "anonymous".
+    """
+    @_builtins.property
+    def event_time(self) -> _timestamp_pb2.Timestamp:
+        """When the change was made (UTC)."""
+
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___FieldChange]:
+        """The fields that changed, with their values before and after."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        entity_type: _builtins.str = ...,
+        entity_id: _builtins.int = ...,
+        action: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        event_time: _timestamp_pb2.Timestamp | None = ...,
+        changes: _abc.Iterable[Global___FieldChange] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event_time", b"event_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "changes", b"changes", "entity_id", b"entity_id", "entity_type", b"entity_type", "event_time", b"event_time", "id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditEvent: _TypeAlias = AuditEvent  # noqa: Y015
+
+@_typing.final
+class FieldChange(_message.Message):
+    """One field's change inside an AuditEvent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIELD_FIELD_NUMBER: _builtins.int
+    OLD_VALUE_FIELD_NUMBER: _builtins.int
+    NEW_VALUE_FIELD_NUMBER: _builtins.int
+    field: _builtins.str
+    """Field name as in the resource message (e.g. `title`, `assignee_id`)."""
+    @_builtins.property
+    def old_value(self) -> _struct_pb2.Value:
+        """Value before the change; null for a create."""
+
+    @_builtins.property
+    def new_value(self) -> _struct_pb2.Value:
+        """Value after the change; null for a delete of the field."""
+
+    def __init__(
+        self,
+        *,
+        field: _builtins.str = ...,
+        old_value: _struct_pb2.Value | None = ...,
+        new_value: _struct_pb2.Value | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["new_value", b"new_value", "old_value", b"old_value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["field", b"field", "new_value", b"new_value", "old_value", b"old_value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FieldChange: _TypeAlias = FieldChange  # noqa: Y015

@@ -27,6 +27,18 @@ class CreateTaskRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TASK_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    BATCH_PARENT_INDEX_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Idempotency key (AIP-155), a UUID: a retry with the same request_id and
+    the same payload returns the first response and creates nothing; the same
+    request_id with another payload is ALREADY_EXISTS. Kept for 7 days.
+    """
+    batch_parent_index: _builtins.int
+    """Only inside BatchCreateTasks: the index of an EARLIER request of the same
+    batch whose new task becomes this task's parent (instead of
+    `task.parent_task_id`). INVALID_ARGUMENT in CreateTask.
+    """
     @_builtins.property
     def task(self) -> _resources_pb2.Task:
         """The task to create; `id`, `create_time`, `update_time`, `assignee` and
@@ -37,12 +49,16 @@ class CreateTaskRequest(_message.Message):
         self,
         *,
         task: _resources_pb2.Task | None = ...,
+        request_id: _builtins.str = ...,
+        batch_parent_index: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_batch_parent_index", b"_batch_parent_index", "batch_parent_index", b"batch_parent_index", "task", b"task"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_batch_parent_index", b"_batch_parent_index", "batch_parent_index", b"batch_parent_index", "request_id", b"request_id", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__batch_parent_index: _TypeAlias = _typing.Literal["batch_parent_index"]  # noqa: Y015
+    _WhichOneofArgType__batch_parent_index: _TypeAlias = _typing.Literal["_batch_parent_index", b"_batch_parent_index"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__batch_parent_index) -> _WhichOneofReturnType__batch_parent_index | None: ...
 
 Global___CreateTaskRequest: _TypeAlias = CreateTaskRequest  # noqa: Y015
 
@@ -93,6 +109,7 @@ class ListTasksRequest(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ORDER_BY_FIELD_NUMBER: _builtins.int
     VIEW_FIELD_NUMBER: _builtins.int
+    SHOW_DELETED_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Maximum number of tasks to return: 0 means 50, above 1000 is taken as
     1000, negative is INVALID_ARGUMENT. A page may hold fewer.
@@ -121,6 +138,8 @@ class ListTasksRequest(_message.Message):
     """
     view: _resources_pb2.TaskView.ValueType
     """How much of each task to return; defaults to TASK_VIEW_BASIC."""
+    show_deleted: _builtins.bool
+    """Also return soft-deleted tasks (AIP-164)."""
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[_resources_pb2.TaskStatus.ValueType]:
         """Only tasks in any of these statuses; empty means any status."""
@@ -159,10 +178,11 @@ class ListTasksRequest(_message.Message):
         update_time: _resources_pb2.TimeRange | None = ...,
         order_by: _builtins.str = ...,
         view: _resources_pb2.TaskView.ValueType = ...,
+        show_deleted: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_parent_task_id", b"_parent_task_id", "assignee_id", b"assignee_id", "create_time", b"create_time", "parent_task_id", b"parent_task_id", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_parent_task_id", b"_parent_task_id", "assignee_id", b"assignee_id", "create_time", b"create_time", "order_by", b"order_by", "page_size", b"page_size", "page_token", b"page_token", "parent_task_id", b"parent_task_id", "priorities", b"priorities", "project_id", b"project_id", "statuses", b"statuses", "tags", b"tags", "title_contains", b"title_contains", "top_level_only", b"top_level_only", "unassigned", b"unassigned", "update_time", b"update_time", "view", b"view"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_parent_task_id", b"_parent_task_id", "assignee_id", b"assignee_id", "create_time", b"create_time", "order_by", b"order_by", "page_size", b"page_size", "page_token", b"page_token", "parent_task_id", b"parent_task_id", "priorities", b"priorities", "project_id", b"project_id", "show_deleted", b"show_deleted", "statuses", b"statuses", "tags", b"tags", "title_contains", b"title_contains", "top_level_only", b"top_level_only", "unassigned", b"unassigned", "update_time", b"update_time", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__assignee_id: _TypeAlias = _typing.Literal["assignee_id"]  # noqa: Y015
     _WhichOneofArgType__assignee_id: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id"]  # noqa: Y015
@@ -224,6 +244,7 @@ class StreamTasksRequest(_message.Message):
     VIEW_FIELD_NUMBER: _builtins.int
     BATCH_SIZE_FIELD_NUMBER: _builtins.int
     RESUME_TOKEN_FIELD_NUMBER: _builtins.int
+    SHOW_DELETED_FIELD_NUMBER: _builtins.int
     project_id: _builtins.int
     """Only tasks of this project; 0 means all projects."""
     assignee_id: _builtins.int
@@ -252,6 +273,8 @@ class StreamTasksRequest(_message.Message):
     new stream starts right after it. Other fields must match the original
     request (batch_size may change).
     """
+    show_deleted: _builtins.bool
+    """Also stream soft-deleted tasks (AIP-164)."""
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[_resources_pb2.TaskStatus.ValueType]:
         """Only tasks in any of these statuses; empty means any status."""
@@ -290,10 +313,11 @@ class StreamTasksRequest(_message.Message):
         view: _resources_pb2.TaskView.ValueType = ...,
         batch_size: _builtins.int = ...,
         resume_token: _builtins.str = ...,
+        show_deleted: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_parent_task_id", b"_parent_task_id", "assignee_id", b"assignee_id", "create_time", b"create_time", "parent_task_id", b"parent_task_id", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_parent_task_id", b"_parent_task_id", "assignee_id", b"assignee_id", "batch_size", b"batch_size", "create_time", b"create_time", "order_by", b"order_by", "parent_task_id", b"parent_task_id", "priorities", b"priorities", "project_id", b"project_id", "resume_token", b"resume_token", "statuses", b"statuses", "tags", b"tags", "title_contains", b"title_contains", "top_level_only", b"top_level_only", "unassigned", b"unassigned", "update_time", b"update_time", "view", b"view"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_parent_task_id", b"_parent_task_id", "assignee_id", b"assignee_id", "batch_size", b"batch_size", "create_time", b"create_time", "order_by", b"order_by", "parent_task_id", b"parent_task_id", "priorities", b"priorities", "project_id", b"project_id", "resume_token", b"resume_token", "show_deleted", b"show_deleted", "statuses", b"statuses", "tags", b"tags", "title_contains", b"title_contains", "top_level_only", b"top_level_only", "unassigned", b"unassigned", "update_time", b"update_time", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__assignee_id: _TypeAlias = _typing.Literal["assignee_id"]  # noqa: Y015
     _WhichOneofArgType__assignee_id: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id"]  # noqa: Y015
@@ -374,17 +398,167 @@ class DeleteTaskRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """The task's id."""
+    etag: _builtins.str
+    """If set, delete only if the task's etag still equals this (else ABORTED)."""
+    force: _builtins.bool
+    """Also delete all live subtasks, recursively, in the same transaction."""
     def __init__(
         self,
         *,
         id: _builtins.int = ...,
+        etag: _builtins.str = ...,
+        force: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "force", b"force", "id", b"id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteTaskRequest: _TypeAlias = DeleteTaskRequest  # noqa: Y015
+
+@_typing.final
+class UndeleteTaskRequest(_message.Message):
+    """Request of UndeleteTask."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """The task's id."""
+    etag: _builtins.str
+    """If set, undelete only if the task's etag still equals this (else ABORTED)."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        etag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UndeleteTaskRequest: _TypeAlias = UndeleteTaskRequest  # noqa: Y015
+
+@_typing.final
+class BatchCreateTasksRequest(_message.Message):
+    """Request of BatchCreateTasks."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Idempotency key (AIP-155), a UUID: a retry with the same request_id and
+    the same payload returns the first response and creates nothing; the same
+    request_id with another payload is ALREADY_EXISTS. Kept for 7 days.
+    """
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___CreateTaskRequest]:
+        """The tasks to create, 1 to 1000. Field violations are reported with the
+        index, e.g. `requests[7].task.title`. Per-request `request_id`s are
+        ignored; use the batch's own.
+        """
+
+    def __init__(
+        self,
+        *,
+        requests: _abc.Iterable[Global___CreateTaskRequest] | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchCreateTasksRequest: _TypeAlias = BatchCreateTasksRequest  # noqa: Y015
+
+@_typing.final
+class BatchCreateTasksResponse(_message.Message):
+    """Response of BatchCreateTasks."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASKS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tasks(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.Task]:
+        """The created tasks, in request order."""
+
+    def __init__(
+        self,
+        *,
+        tasks: _abc.Iterable[_resources_pb2.Task] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tasks", b"tasks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchCreateTasksResponse: _TypeAlias = BatchCreateTasksResponse  # noqa: Y015
+
+@_typing.final
+class ListTaskEventsRequest(_message.Message):
+    """Request of ListTaskEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.int
+    """The task whose history to list (soft-deleted tasks included)."""
+    page_size: _builtins.int
+    """Maximum events per page: 0 means 50, above 1000 is taken as 1000."""
+    page_token: _builtins.str
+    """`next_page_token` of the previous page; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.int = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTaskEventsRequest: _TypeAlias = ListTaskEventsRequest  # noqa: Y015
+
+@_typing.final
+class ListTaskEventsResponse(_message.Message):
+    """Response of ListTaskEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty exactly when there are no more events."""
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.AuditEvent]:
+        """The events, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[_resources_pb2.AuditEvent] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTaskEventsResponse: _TypeAlias = ListTaskEventsResponse  # noqa: Y015

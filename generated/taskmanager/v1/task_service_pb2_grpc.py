@@ -68,6 +68,21 @@ class TaskServiceStub:
                 request_serializer=taskmanager_dot_v1_dot_task__service__pb2.DeleteTaskRequest.SerializeToString,
                 response_deserializer=taskmanager_dot_v1_dot_resources__pb2.Task.FromString,
                 _registered_method=True)
+        self.UndeleteTask = channel.unary_unary(
+                '/taskmanager.v1.TaskService/UndeleteTask',
+                request_serializer=taskmanager_dot_v1_dot_task__service__pb2.UndeleteTaskRequest.SerializeToString,
+                response_deserializer=taskmanager_dot_v1_dot_resources__pb2.Task.FromString,
+                _registered_method=True)
+        self.BatchCreateTasks = channel.unary_unary(
+                '/taskmanager.v1.TaskService/BatchCreateTasks',
+                request_serializer=taskmanager_dot_v1_dot_task__service__pb2.BatchCreateTasksRequest.SerializeToString,
+                response_deserializer=taskmanager_dot_v1_dot_task__service__pb2.BatchCreateTasksResponse.FromString,
+                _registered_method=True)
+        self.ListTaskEvents = channel.unary_unary(
+                '/taskmanager.v1.TaskService/ListTaskEvents',
+                request_serializer=taskmanager_dot_v1_dot_task__service__pb2.ListTaskEventsRequest.SerializeToString,
+                response_deserializer=taskmanager_dot_v1_dot_task__service__pb2.ListTaskEventsResponse.FromString,
+                _registered_method=True)
 
 
 class TaskServiceServicer:
@@ -118,8 +133,31 @@ class TaskServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteTask(self, request, context):
-        """Deletes a task and returns it. FAILED_PRECONDITION while the task still
-        has subtasks (delete those first).
+        """Soft-deletes a task (AIP-164) and returns it with `delete_time` set.
+        NOT_FOUND if already deleted; FAILED_PRECONDITION while it has live
+        subtasks, unless `force`, which deletes the whole subtree at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UndeleteTask(self, request, context):
+        """Restores a soft-deleted task, and the subtasks deleted together with it.
+        ALREADY_EXISTS if the task is not deleted.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchCreateTasks(self, request, context):
+        """Creates up to 1000 tasks in one transaction: all or none (AIP-233).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTaskEvents(self, request, context):
+        """Lists the audit trail of one task, oldest first (AIP-158 paging).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -157,6 +195,21 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     servicer.DeleteTask,
                     request_deserializer=taskmanager_dot_v1_dot_task__service__pb2.DeleteTaskRequest.FromString,
                     response_serializer=taskmanager_dot_v1_dot_resources__pb2.Task.SerializeToString,
+            ),
+            'UndeleteTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.UndeleteTask,
+                    request_deserializer=taskmanager_dot_v1_dot_task__service__pb2.UndeleteTaskRequest.FromString,
+                    response_serializer=taskmanager_dot_v1_dot_resources__pb2.Task.SerializeToString,
+            ),
+            'BatchCreateTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchCreateTasks,
+                    request_deserializer=taskmanager_dot_v1_dot_task__service__pb2.BatchCreateTasksRequest.FromString,
+                    response_serializer=taskmanager_dot_v1_dot_task__service__pb2.BatchCreateTasksResponse.SerializeToString,
+            ),
+            'ListTaskEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTaskEvents,
+                    request_deserializer=taskmanager_dot_v1_dot_task__service__pb2.ListTaskEventsRequest.FromString,
+                    response_serializer=taskmanager_dot_v1_dot_task__service__pb2.ListTaskEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -324,6 +377,87 @@ class TaskService:
             '/taskmanager.v1.TaskService/DeleteTask',
             taskmanager_dot_v1_dot_task__service__pb2.DeleteTaskRequest.SerializeToString,
             taskmanager_dot_v1_dot_resources__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UndeleteTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskmanager.v1.TaskService/UndeleteTask',
+            taskmanager_dot_v1_dot_task__service__pb2.UndeleteTaskRequest.SerializeToString,
+            taskmanager_dot_v1_dot_resources__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchCreateTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskmanager.v1.TaskService/BatchCreateTasks',
+            taskmanager_dot_v1_dot_task__service__pb2.BatchCreateTasksRequest.SerializeToString,
+            taskmanager_dot_v1_dot_task__service__pb2.BatchCreateTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTaskEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskmanager.v1.TaskService/ListTaskEvents',
+            taskmanager_dot_v1_dot_task__service__pb2.ListTaskEventsRequest.SerializeToString,
+            taskmanager_dot_v1_dot_task__service__pb2.ListTaskEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -56,9 +56,18 @@ class TaskServiceStub:
     UpdateTask: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.UpdateTaskRequest, _resources_pb2.Task]
     """Changes the fields named in update_mask (AIP-134)."""
     DeleteTask: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.DeleteTaskRequest, _resources_pb2.Task]
-    """Deletes a task and returns it. FAILED_PRECONDITION while the task still
-    has subtasks (delete those first).
+    """Soft-deletes a task (AIP-164) and returns it with `delete_time` set.
+    NOT_FOUND if already deleted; FAILED_PRECONDITION while it has live
+    subtasks, unless `force`, which deletes the whole subtree at once.
     """
+    UndeleteTask: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.UndeleteTaskRequest, _resources_pb2.Task]
+    """Restores a soft-deleted task, and the subtasks deleted together with it.
+    ALREADY_EXISTS if the task is not deleted.
+    """
+    BatchCreateTasks: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.BatchCreateTasksRequest, _task_service_pb2.BatchCreateTasksResponse]
+    """Creates up to 1000 tasks in one transaction: all or none (AIP-233)."""
+    ListTaskEvents: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.ListTaskEventsRequest, _task_service_pb2.ListTaskEventsResponse]
+    """Lists the audit trail of one task, oldest first (AIP-158 paging)."""
 
 @_typing.type_check_only
 class TaskServiceAsyncStub(TaskServiceStub):
@@ -87,9 +96,18 @@ class TaskServiceAsyncStub(TaskServiceStub):
     UpdateTask: _aio.UnaryUnaryMultiCallable[_task_service_pb2.UpdateTaskRequest, _resources_pb2.Task]  # type: ignore[assignment]
     """Changes the fields named in update_mask (AIP-134)."""
     DeleteTask: _aio.UnaryUnaryMultiCallable[_task_service_pb2.DeleteTaskRequest, _resources_pb2.Task]  # type: ignore[assignment]
-    """Deletes a task and returns it. FAILED_PRECONDITION while the task still
-    has subtasks (delete those first).
+    """Soft-deletes a task (AIP-164) and returns it with `delete_time` set.
+    NOT_FOUND if already deleted; FAILED_PRECONDITION while it has live
+    subtasks, unless `force`, which deletes the whole subtree at once.
     """
+    UndeleteTask: _aio.UnaryUnaryMultiCallable[_task_service_pb2.UndeleteTaskRequest, _resources_pb2.Task]  # type: ignore[assignment]
+    """Restores a soft-deleted task, and the subtasks deleted together with it.
+    ALREADY_EXISTS if the task is not deleted.
+    """
+    BatchCreateTasks: _aio.UnaryUnaryMultiCallable[_task_service_pb2.BatchCreateTasksRequest, _task_service_pb2.BatchCreateTasksResponse]  # type: ignore[assignment]
+    """Creates up to 1000 tasks in one transaction: all or none (AIP-233)."""
+    ListTaskEvents: _aio.UnaryUnaryMultiCallable[_task_service_pb2.ListTaskEventsRequest, _task_service_pb2.ListTaskEventsResponse]  # type: ignore[assignment]
+    """Lists the audit trail of one task, oldest first (AIP-158 paging)."""
 
 class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
     """Manages tasks. Errors follow AIP-193: every error carries a
@@ -151,8 +169,35 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _task_service_pb2.DeleteTaskRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_resources_pb2.Task, _abc.Awaitable[_resources_pb2.Task]]:
-        """Deletes a task and returns it. FAILED_PRECONDITION while the task still
-        has subtasks (delete those first).
+        """Soft-deletes a task (AIP-164) and returns it with `delete_time` set.
+        NOT_FOUND if already deleted; FAILED_PRECONDITION while it has live
+        subtasks, unless `force`, which deletes the whole subtree at once.
         """
+
+    @_abc_1.abstractmethod
+    def UndeleteTask(
+        self,
+        request: _task_service_pb2.UndeleteTaskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_resources_pb2.Task, _abc.Awaitable[_resources_pb2.Task]]:
+        """Restores a soft-deleted task, and the subtasks deleted together with it.
+        ALREADY_EXISTS if the task is not deleted.
+        """
+
+    @_abc_1.abstractmethod
+    def BatchCreateTasks(
+        self,
+        request: _task_service_pb2.BatchCreateTasksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_task_service_pb2.BatchCreateTasksResponse, _abc.Awaitable[_task_service_pb2.BatchCreateTasksResponse]]:
+        """Creates up to 1000 tasks in one transaction: all or none (AIP-233)."""
+
+    @_abc_1.abstractmethod
+    def ListTaskEvents(
+        self,
+        request: _task_service_pb2.ListTaskEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_task_service_pb2.ListTaskEventsResponse, _abc.Awaitable[_task_service_pb2.ListTaskEventsResponse]]:
+        """Lists the audit trail of one task, oldest first (AIP-158 paging)."""
 
 def add_TaskServiceServicer_to_server(servicer: TaskServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,140 @@
+#!/usr/bin/env node
+// A Node.js client of TaskService. It loads the contract from protos/ at run
+// time (no code generation): creates a project and a few tasks, pages
+// through ListTasks, consumes StreamTasks and prints what it got.
+//
+//   npm ci                                   # once, in examples/node
+//   node client.js [host:port]               # default localhost:50051
+//
+// The protos import google/api/field_behavior.proto. It is looked up in
+// $GOOGLEAPIS_PROTOS, else in ../../.protodeps/googleapis (`make protodeps`
+// copies it there from the googleapis-common-protos Python package).
+// The last line printed is `RESULT {...}`: a JSON summary for scripts.
+'use strict';
+
+const fs = require('node:fs');
+const path = require('node:path');
+const grpc = require('@grpc/grpc-js');
+const protoLoader = require('@grpc/proto-loader');
+
+const REPO = path.resolve(__dirname, '..', '..');
+const PROTOS = path.join(REPO, 'protos');
+const GOOGLEAPIS = process.env.GOOGLEAPIS_PROTOS || path.join(REPO, '.protodeps', 'googleapis');
+const ADDRESS = process.argv[2] || process.env.TASKSERVICE_ADDRESS || 'localhost:50051';
+const DEADLINE_MS = 10000;
+
+function loadServices() {
+  if (!fs.existsSync(path.join(GOOGLEAPIS, 'google', 'api', 'field_behavior.proto'))) {
+    throw new Error(
+      `google/api/field_behavior.proto not found under ${GOOGLEAPIS}: ` +
+        'run `make protodeps` or set GOOGLEAPIS_PROTOS',
+    );
+  }
+  const definition = protoLoader.loadSync(
+    ['taskmanager/v1/project_service.proto', 'taskmanager/v1/task_service.proto'],
+    {
+      includeDirs: [PROTOS, GOOGLEAPIS],
+      longs: String, // int64 ids arrive as decimal strings, as in JSON
+      enums: String, // enum values by name, e.g. 'TASK_PRIORITY_HIGH'
+      defaults: true,
+      oneofs: true,
+    },
+  );
+  const v1 = grpc.loadPackageDefinition(definition).taskmanager.v1;
+  const credentials = grpc.credentials.createInsecure();
+  return {
+    projects: new v1.ProjectService(ADDRESS, credentials),
+    tasks: new v1.TaskService(ADDRESS, credentials),
+  };
+}
+
+// A unary call as a promise, with a deadline.
+function unary(client, method, request) {
+  return new Promise((resolve, reject) => {
+    const deadline = new Date(Date.now() + DEADLINE_MS);
+    client[method](request, { deadline }, (error, response) =>
+      error ? reject(error) : resolve(response),
+    );
+  });
+}
+
+// All batches of a server stream.
+function stream(client, method, request) {
+  return new Promise((resolve, reject) => {
+    const batches = [];
+    const call = client[method](request, { deadline: new Date(Date.now() + DEADLINE_MS) });
+    call.on('data', (batch) => batches.push(batch));
+    call.on('error', reject);
+    call.on('end', () => resolve(batches));
+  });
+}
+
+async function main() {
+  const { projects, tasks } = loadServices();
+  const suffix = `${process.pid}-${Date.now()}`;
+
+  const project = await unary(projects, 'CreateProject', {
+    project: { name: `node-example-${suffix}`, description: 'made by examples/node' },
+  });
+  console.log(`created project ${project.id} ${project.name}`);
+
+  const created = [];
+  const priorities = ['TASK_PRIORITY_LOW', 'TASK_PRIORITY_MEDIUM', 'TASK_PRIORITY_HIGH'];
+  for (let i = 1; i <= 5; i += 1) {
+    const task = await unary(tasks, 'CreateTask', {
+      task: {
+        projectId: project.id,
+        title: `node task ${i}`,
+        priority: priorities[i % priorities.length],
+        tags: ['node-example'],
+      },
+    });
+    created.push(task.id);
+    console.log(`created task ${task.id} "${task.title}" ${task.priority} ${task.status}`);
+  }
+
+  // ListTasks, two per page, oldest first, until next_page_token is empty.
+  const listed = [];
+  let pages = 0;
+  let pageToken = '';
+  do {
+    const page = await unary(tasks, 'ListTasks', {
+      projectId: project.id,
+      pageSize: 2,
+      pageToken,
+      orderBy: 'create_time',
+    });
+    pages += 1;
+    listed.push(...page.tasks.map((task) => task.id));
+    console.log(`page ${pages}: ${page.tasks.map((task) => task.id).join(', ')}`);
+    pageToken = page.nextPageToken;
+  } while (pageToken);
+
+  // StreamTasks in batches of two; each batch carries a resume token.
+  const batches = await stream(tasks, 'StreamTasks', { projectId: project.id, batchSize: 2 });
+  const streamed = [];
+  batches.forEach((batch, index) => {
+    streamed.push(...batch.tasks.map((task) => task.id));
+    console.log(`batch ${index + 1}: ${batch.tasks.map((task) => task.id).join(', ')}`);
+  });
+
+  projects.close();
+  tasks.close();
+  console.log(
+    'RESULT ' +
+      JSON.stringify({
+        projectId: project.id,
+        created,
+        listed,
+        pages,
+        streamed,
+        batches: batches.length,
+      }),
+  );
+}
+
+main().catch((error) => {
+  const code = error.code !== undefined ? ` (gRPC code ${error.code})` : '';
+  console.error(`error${code}: ${error.details || error.message}`);
+  process.exit(1);
+});

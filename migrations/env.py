@@ -1,0 +1,85 @@
+"""Alembic environment: async engine, URL from the caller or TaskService settings."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from logging.config import fileConfig
+from typing import Any
+
+from alembic import context
+from sqlalchemy.engine import Connection
+from sqlmodel import SQLModel
+
+from service import models  # noqa: F401  (registers the tables on SQLModel.metadata)
+from service.settings import Settings, normalise_database_url
+
+config = context.config
+# Only configure logging when run from the alembic CLI: the server and the
+# tests call Alembic in-process and have their own logging set up.
+if config.config_file_name is not None and not logging.getLogger().handlers:
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
+
+target_metadata = SQLModel.metadata
+
+
+def _database_url() -> str:
+    url = config.attributes.get("database_url") or Settings().database_url
+    return normalise_database_url(url)
+
+
+def _include_object(
+    obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
+) -> bool:
+    """Skip objects declared for other dialects (e.g. GIN indexes off PostgreSQL)."""
+    dialects = getattr(obj, "info", {}).get("dialects")
+    return dialects is None or context.get_context().dialect.name in dialects
+
+
+def _configure(connection: Connection | None = None, url: str | None = None) -> None:
+    dialect = connection.dialect.name if connection is not None else (url or "").split(":")[0]
+    context.configure(
+        connection=connection,
+        url=url,
+        target_metadata=target_metadata,
+        # SQLite cannot ALTER most things in place; batch mode recreates tables.
+        render_as_batch=dialect.startswith("sqlite"),
+        compare_type=True,
+        compare_server_default=True,
+        literal_binds=connection is None,
+        include_object=_include_object,
+    )
+
+
+def run_migrations_offline() -> None:
+    """Emit SQL to stdout (`alembic upgrade head --sql`)."""
+    _configure(url=_database_url())
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def _run_sync(connection: Connection) -> None:
+    _configure(connection)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def run_migrations_online() -> None:
+    """Migrate through the same async driver the service uses."""
+    from service.database import create_engine
+
+    engine = create_engine(
+        Settings(database_url=_database_url(), pool_pre_ping=False), foreign_keys=False
+    )
+    try:
+        async with engine.connect() as connection:
+            await connection.run_sync(_run_sync)
+            await connection.commit()
+    finally:
+        await engine.dispose()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    asyncio.run(run_migrations_online())

@@ -1,0 +1,1 @@
+"""TaskService: a grpc.aio task-tracking service over SQLModel."""

@@ -1,0 +1,220 @@
+"""Engine, the one session factory, and UnitOfWork: the one session scope per RPC."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from sqlalchemy import event, exc, text
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlmodel import Session
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from service.mapping.audit import Snapshot
+from service.repositories.audit import AuditRepository
+from service.repositories.idempotency import IdempotencyRepository
+from service.repositories.projects import ProjectRepository
+from service.repositories.tasks import TaskRepository
+from service.repositories.workers import WorkerRepository
+from service.settings import Settings
+
+SessionFactory = async_sessionmaker[AsyncSession]
+_RETURNED_AT = "taskservice_returned_at"
+
+# session.info key: the time.monotonic() by which the caller stops waiting.
+DEADLINE = "deadline"
+_MAX_STATEMENT_TIMEOUT_MS = 2**31 - 1  # PostgreSQL's limit for statement_timeout
+# One bound parameter (not a literal per value), so asyncpg prepares it once per connection.
+_SET_STATEMENT_TIMEOUT = text("SELECT set_config('statement_timeout', :ms, true)")
+
+
+def create_engine(settings: Settings, *, foreign_keys: bool = True) -> AsyncEngine:
+    """Create the process's engine for the configured database.
+
+    `foreign_keys=False` is for migrations on SQLite, whose batch mode rebuilds
+    tables and must not trip over references while a table is briefly gone.
+    """
+    if settings.is_sqlite:
+        engine = _create_sqlite_engine(settings, foreign_keys)
+    else:
+        engine = create_async_engine(
+            settings.database_url,
+            pool_pre_ping=settings.pool_pre_ping,
+            pool_size=settings.pool_size,
+            max_overflow=settings.max_overflow,
+            pool_timeout=settings.pool_timeout,
+        )
+    if settings.pool_ping_after_idle > 0 and not settings.pool_pre_ping:
+        ping_idle_connections(engine, settings.pool_ping_after_idle)
+    return engine
+
+
+def ping_idle_connections(engine: AsyncEngine, idle_seconds: float) -> None:
+    """Ping a pooled connection at checkout only if it sat idle `idle_seconds`.
+
+    Per-checkout pre-ping costs three statements per RPC on asyncpg (BEGIN, ping,
+    ROLLBACK). Busy connections are used again within moments; a connection that
+    dies while busy fails its statement, SQLAlchemy invalidates the pool, the RPC
+    gets UNAVAILABLE (retryable) and the next checkouts reconnect. Idle connections
+    are the ones a database restart or an idle timeout silently kills: ping those.
+    """
+    sync_engine = engine.sync_engine
+
+    @event.listens_for(sync_engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info[_RETURNED_AT] = time.monotonic()
+
+    @event.listens_for(sync_engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        returned_at = record.info.get(_RETURNED_AT)
+        if returned_at is None or time.monotonic() - returned_at < idle_seconds:
+            return
+        try:
+            alive = sync_engine.dialect.do_ping(dbapi_connection)
+        except Exception as error:  # noqa: BLE001 - any failure means "use another"
+            raise exc.DisconnectionError("idle connection failed its ping") from error
+        if not alive:
+            raise exc.DisconnectionError("idle connection failed its ping")
+
+
+def create_probe_engine(settings: Settings) -> AsyncEngine:
+    """A one-connection engine for health probes, apart from the RPCs' pool."""
+    return create_async_engine(
+        settings.database_url, pool_size=1, max_overflow=0, pool_pre_ping=False
+    )
+
+
+def _create_sqlite_engine(settings: Settings, foreign_keys: bool) -> AsyncEngine:
+    database = make_url(settings.database_url).database
+    if database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_async_engine(
+        settings.database_url,
+        pool_pre_ping=settings.pool_pre_ping,
+        pool_size=settings.pool_size,
+        max_overflow=settings.max_overflow,
+        pool_timeout=settings.pool_timeout,
+        connect_args={"timeout": 30},
+    )
+    _use_immediate_transactions(engine, foreign_keys)
+    return engine
+
+
+def _use_immediate_transactions(engine: AsyncEngine, foreign_keys: bool) -> None:
+    """Make SQLite enforce foreign keys and take the write lock at BEGIN.
+
+    Deferred SQLite transactions that read and then write fail with
+    "database is locked" under concurrency instead of waiting; BEGIN IMMEDIATE
+    makes concurrent RPCs queue on busy_timeout instead (SQLAlchemy's pysqlite
+    recipe, which applies to aiosqlite too).
+    """
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        # busy_timeout first: switching to WAL needs a lock another connection may hold.
+        cursor.execute("PRAGMA busy_timeout = 30000")
+        cursor.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.close()
+        # SQLite's lower()/LIKE fold ASCII only; title_contains needs Unicode case folding.
+        dbapi_connection.create_function("casefold", 1, _casefold, deterministic=True)
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _casefold(value: str | None) -> str | None:
+    return None if value is None else value.casefold()
+
+
+def make_session_factory(engine: AsyncEngine) -> SessionFactory:
+    """The one session factory; objects stay readable after commit."""
+    return async_sessionmaker(
+        engine,
+        class_=AsyncSession,
+        sync_session_class=DeadlineSession,
+        expire_on_commit=False,
+    )
+
+
+class DeadlineSession(Session):
+    """The sync session inside each AsyncSession; its transactions end by the RPC deadline."""
+
+
+@event.listens_for(DeadlineSession, "after_begin")
+def _limit_to_deadline(session: Session, _transaction: Any, connection: Connection) -> None:
+    """Make PostgreSQL cancel any statement still running when the caller stops waiting.
+
+    SET LOCAL semantics (is_local = true): the timeout ends with the transaction, so a
+    pooled connection never carries it into another RPC. SQLite has no equivalent.
+    """
+    deadline = session.info.get(DEADLINE)
+    if deadline is None or connection.dialect.name != "postgresql":
+        return
+    connection.execute(_SET_STATEMENT_TIMEOUT, {"ms": str(statement_timeout_ms(deadline))})
+
+
+def statement_timeout_ms(deadline: float) -> int:
+    """Milliseconds left until `deadline` (time.monotonic()), at least 1 (0 means none)."""
+    remaining = math.ceil((deadline - time.monotonic()) * 1000)
+    return min(max(remaining, 1), _MAX_STATEMENT_TIMEOUT_MS)
+
+
+class UnitOfWork:
+    """One session and transaction for one RPC: commit explicitly, else roll back.
+
+    With a `deadline` (time.monotonic()), every transaction it begins on PostgreSQL gets
+    a statement_timeout of the time left, so abandoned queries do not outlive the call.
+    """
+
+    def __init__(
+        self,
+        session_factory: SessionFactory,
+        actor: str = "anonymous",
+        *,
+        deadline: float | None = None,
+    ) -> None:
+        self._session_factory = session_factory
+        self.actor = actor
+        self.deadline = deadline
+
+    async def __aenter__(self) -> UnitOfWork:
+        info = {} if self.deadline is None else {DEADLINE: self.deadline}
+        self.session = self._session_factory(info=info)
+        self.tasks = TaskRepository(self.session)
+        self.projects = ProjectRepository(self.session)
+        self.workers = WorkerRepository(self.session)
+        self.audit = AuditRepository(self.session)
+        self.idempotency = IdempotencyRepository(self.session)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        # close() rolls back whatever was not committed and returns the connection.
+        await self.session.close()
+
+    def record(
+        self,
+        entity_type: str,
+        entity_id: int | None,
+        action: str,
+        before: Snapshot | None,
+        after: Snapshot | None,
+    ) -> None:
+        """Audit a mutation by this unit of work's actor (committed with it, or never)."""
+        self.audit.record(self.actor, entity_type, entity_id, action, before, after)
+
+    async def commit(self) -> None:
+        """Commit everything the repositories did in this unit of work."""
+        await self.session.commit()

@@ -1,0 +1,1 @@
+"""Pure functions between protobuf messages and table entities."""

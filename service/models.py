@@ -1,0 +1,234 @@
+"""SQLModel tables and their enums; knows nothing of gRPC or generated code."""
+
+# No `from __future__ import annotations`: SQLModel resolves relationship
+# annotations at class creation and cannot read postponed (string) ones.
+import enum
+from datetime import UTC, datetime
+from typing import Any, Optional
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, Relationship, SQLModel
+
+# Named constraints make migrations reproducible and let errors name the rule broken.
+SQLModel.metadata.naming_convention = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# BIGINT ids on PostgreSQL; SQLite only auto-increments an INTEGER PRIMARY KEY.
+IdType = BigInteger().with_variant(Integer(), "sqlite")
+# One column type for tags: JSONB (GIN-indexable, @>) on PostgreSQL, JSON elsewhere.
+TagsType = JSON().with_variant(JSONB(), "postgresql")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC in and out, also on SQLite, which stores naive text."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def utc_now() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+class TaskStatus(enum.StrEnum):
+    """Lifecycle state of a task (stored as its name)."""
+
+    PENDING = "PENDING"
+    IN_PROGRESS = "IN_PROGRESS"
+    BLOCKED = "BLOCKED"
+    DONE = "DONE"
+    CANCELLED = "CANCELLED"
+
+
+class TaskPriority(enum.IntEnum):
+    """Urgency of a task; stored as a number so ORDER BY priority is meaningful."""
+
+    LOW = 1
+    MEDIUM = 2
+    HIGH = 3
+    URGENT = 4
+
+
+def _time_column() -> Any:
+    return Field(sa_type=UTCDateTime(), nullable=False)
+
+
+def _version_column() -> Column[int]:
+    # SQLAlchemy's version counter: every UPDATE sets version = version + 1
+    # WHERE version = <loaded>, so a lost race raises StaleDataError (ABORTED).
+    return Column("version", Integer, nullable=False, server_default="1")
+
+
+_PROJECT_VERSION = _version_column()
+_WORKER_VERSION = _version_column()
+_TASK_VERSION = _version_column()
+
+
+class Project(SQLModel, table=True):
+    """A named collection of tasks."""
+
+    __tablename__ = "projects"
+
+    id: int | None = Field(default=None, sa_type=IdType, primary_key=True)
+    name: str = Field(sa_column=Column(String(200), nullable=False, unique=True))
+    description: str = Field(default="", sa_column=Column(Text, nullable=False))
+    create_time: datetime = _time_column()
+    update_time: datetime = _time_column()
+    version: int = Field(default=1, sa_column=_PROJECT_VERSION)
+
+    __mapper_args__ = {"version_id_col": _PROJECT_VERSION}
+
+
+class Worker(SQLModel, table=True):
+    """Someone tasks can be assigned to."""
+
+    __tablename__ = "workers"
+
+    id: int | None = Field(default=None, sa_type=IdType, primary_key=True)
+    name: str = Field(sa_column=Column(String(200), nullable=False))
+    email: str = Field(sa_column=Column(String(254), nullable=False, unique=True))
+    create_time: datetime = _time_column()
+    update_time: datetime = _time_column()
+    version: int = Field(default=1, sa_column=_WORKER_VERSION)
+
+    __mapper_args__ = {"version_id_col": _WORKER_VERSION}
+
+
+class Task(SQLModel, table=True):
+    """A unit of work in a project; tasks form trees through parent_task_id."""
+
+    __tablename__ = "tasks"
+    # Keyset pagination needs (sort key, id) indexes; see README "Indexes".
+    __table_args__ = (
+        Index("ix_tasks_project_id_create_time_id", "project_id", "create_time", "id"),
+        Index("ix_tasks_create_time_id", "create_time", "id"),
+        Index("ix_tasks_update_time_id", "update_time", "id"),
+        Index("ix_tasks_priority_id", "priority", "id"),
+        Index("ix_tasks_title_id", "title", "id"),
+        # PostgreSQL only (env.py skips them elsewhere): tags @> and title ILIKE.
+        Index(
+            "ix_tasks_tags_gin",
+            "tags",
+            postgresql_using="gin",
+            postgresql_ops={"tags": "jsonb_path_ops"},
+            info={"dialects": ("postgresql",)},
+        ),
+        Index(
+            "ix_tasks_title_trgm",
+            "title",
+            postgresql_using="gin",
+            postgresql_ops={"title": "gin_trgm_ops"},
+            info={"dialects": ("postgresql",)},
+        ),
+    )
+
+    id: int | None = Field(default=None, sa_type=IdType, primary_key=True)
+    project_id: int = Field(
+        sa_column=Column(IdType, ForeignKey("projects.id", ondelete="RESTRICT"), nullable=False)
+    )
+    title: str = Field(sa_column=Column(String(500), nullable=False))
+    description: str = Field(default="", sa_column=Column(Text, nullable=False))
+    status: TaskStatus = Field(
+        default=TaskStatus.PENDING, sa_column=Column(String(16), nullable=False)
+    )
+    priority: TaskPriority = Field(
+        default=TaskPriority.MEDIUM, sa_column=Column(Integer, nullable=False)
+    )
+    tags: list[str] = Field(
+        default_factory=list, sa_column=Column(TagsType, nullable=False, server_default="[]")
+    )
+    assignee_id: int | None = Field(
+        default=None,
+        sa_column=Column(IdType, ForeignKey("workers.id", ondelete="SET NULL"), index=True),
+    )
+    parent_task_id: int | None = Field(
+        default=None,
+        sa_column=Column(IdType, ForeignKey("tasks.id", ondelete="RESTRICT"), index=True),
+    )
+    create_time: datetime = _time_column()
+    update_time: datetime = _time_column()
+    version: int = Field(default=1, sa_column=_TASK_VERSION)
+    # Soft delete (AIP-164): when, and by the delete of which task (itself or an
+    # ancestor deleted with force), so an undelete restores exactly that subtree.
+    delete_time: datetime | None = Field(default=None, sa_type=UTCDateTime(), nullable=True)
+    deleted_with_id: int | None = Field(default=None, sa_type=IdType, nullable=True, index=True)
+
+    __mapper_args__ = {"version_id_col": _TASK_VERSION}
+
+    # lazy="raise": an unplanned lazy load is a bug (MissingGreenlet under asyncio);
+    # repositories load what a view needs with selectinload.
+    assignee: Worker | None = Relationship(sa_relationship_kwargs={"lazy": "raise"})
+    parent: Optional["Task"] = Relationship(  # noqa: UP045 - a forward ref can't use `|`
+        back_populates="subtasks",
+        sa_relationship_kwargs={"lazy": "raise", "remote_side": "Task.id"},
+    )
+    subtasks: list["Task"] = Relationship(
+        back_populates="parent",
+        sa_relationship_kwargs={"lazy": "raise", "order_by": "Task.id"},
+    )
+
+
+class IdempotencyKey(SQLModel, table=True):
+    """A create request's request_id (AIP-155) and the response it produced."""
+
+    __tablename__ = "idempotency_keys"
+
+    request_id: str = Field(sa_column=Column(String(36), primary_key=True))
+    method: str = Field(sa_column=Column(String(64), nullable=False))
+    payload_hash: str = Field(sa_column=Column(String(64), nullable=False))
+    response: bytes = Field(default=b"", sa_column=Column(LargeBinary, nullable=False))
+    create_time: datetime = Field(sa_type=UTCDateTime(), nullable=False, index=True)
+
+
+# Audit changes: {"field": {"old": ..., "new": ...}}, JSONB on PostgreSQL.
+ChangesType = JSON().with_variant(JSONB(), "postgresql")
+
+
+class AuditEvent(SQLModel, table=True):
+    """One committed mutation; ids increase, so the table can feed a change stream."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_events_entity", "entity_type", "entity_id", "id"),)
+
+    id: int | None = Field(default=None, sa_type=IdType, primary_key=True)
+    entity_type: str = Field(sa_column=Column(String(16), nullable=False))
+    entity_id: int = Field(sa_column=Column(IdType, nullable=False))
+    action: str = Field(sa_column=Column(String(16), nullable=False))
+    actor: str = Field(sa_column=Column(String(200), nullable=False))
+    event_time: datetime = _time_column()
+    changes: dict[str, Any] = Field(
+        default_factory=dict, sa_column=Column(ChangesType, nullable=False)
+    )

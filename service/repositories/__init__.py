@@ -1,0 +1,1 @@
+"""Repositories: every SQL statement the service runs lives in this package."""

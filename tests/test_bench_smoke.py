@@ -1,0 +1,179 @@
+"""The benches run end to end in smoke mode (tiny data, ~1 s per measurement); timings are
+not checked. Also the bench's parsers of h2load and wrk output, on canned reports."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy.engine import make_url
+
+from bench.__main__ import split_command
+from bench.perf import h2load, wrk
+from bench.perf.calls import HttpRequest, grpc_frame, spread
+from bench.perf.results import LABELS
+from bench.readme import read_sections, write_section
+from service.settings import normalise_database_url
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+TIMEOUT = 300
+PAGINATION_HEADINGS = (
+    "ListTasks pagination",
+    "SQL OFFSET baseline",
+    "StreamTasks",
+    "Search filters",
+    "EXPLAIN",
+)
+PERF_HEADINGS = (
+    "== Throughput",
+    "== Targets (issue 6",
+    "== StreamTasks",
+    "== CPU during each measurement",
+    "== PostgreSQL statements per call",
+    "== Checks",
+    "== What the load generators counted",
+)
+H2LOAD_OUTPUT = """
+finished in 1.00s, 3648.00 req/s, 371.88KB/s
+requests: 3648 total, 3652 started, 3648 done, 3640 succeeded, 5 failed, 2 errored, 1 timeout
+status codes: 3640 2xx, 0 3xx, 3 4xx, 5 5xx
+traffic: 371.88KB (380807) total, 295.73KB (302829) headers (space savings 35.15%), \
+39.06KB (40000) data
+"""
+WRK_OUTPUT = """Running 1s test @ http://127.0.0.1:8000
+  1 threads and 64 connections
+  757 requests in 1.00s, 312.33KB read
+  Non-2xx or 3xx responses: 7
+  Socket errors: connect 0, read 1, write 0, timeout 2
+Requests/sec:    756.12
+Transfer/sec:    311.95KB
+"""
+
+
+async def _run_bench(url: str, database: str, *args: str) -> tuple[int, str, str]:
+    """Run a bench in its own process group, killed whole on timeout."""
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "bench", *args),
+        *("--database-url", url, "--database-name", database),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,  # the bench's server processes join this group
+    )
+    try:
+        stdout, stderr = await asyncio.wait_for(process.communicate(), TIMEOUT)
+    except TimeoutError:
+        os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()
+        pytest.fail(f"bench {' '.join(args)} took over {TIMEOUT} s")
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
+async def _admin(url: str, sql: str, *args: Any) -> Any:
+    dsn = make_url(normalise_database_url(url)).set(drivername="postgresql")
+    admin = await asyncpg.connect(dsn.render_as_string(hide_password=False))
+    try:
+        return await admin.fetchval(sql, *args)
+    finally:
+        await admin.close()
+
+
+async def _smoke(*args: str) -> str:
+    """Run a bench with --smoke on a database of its own; its stdout, once it passed."""
+    url = os.environ.get("TEST_DATABASE_URL", DEFAULT_URL)
+    database = f"taskservice_bench_smoke_{uuid.uuid4().hex[:12]}"
+    readme = (ROOT / "bench" / "README.md").read_text()
+    try:
+        code, stdout, stderr = await _run_bench(url, database, *args, "--smoke")
+        left = await _admin(url, "SELECT 1 FROM pg_database WHERE datname = $1", database)
+    finally:
+        await _admin(url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    assert code == 0, f"{stdout}\n{stderr}"
+    assert "Checks FAILED" not in stdout
+    assert left is None, "the smoke run left its database behind"
+    assert (ROOT / "bench" / "README.md").read_text() == readme, "a smoke run wrote the README"
+    return stdout
+
+
+@pytest.mark.timeout(TIMEOUT + 30)
+async def test_pagination_bench_smoke_runs_prints_the_table_and_drops_its_database() -> None:
+    stdout = await _smoke("pagination")
+    for heading in PAGINATION_HEADINGS:
+        assert heading in stdout
+
+
+@pytest.mark.timeout(TIMEOUT + 30)
+async def test_perf_bench_smoke_with_the_python_load_generator_measures_everything() -> None:
+    stdout = await _smoke("perf", "--load-generator", "python")
+    for heading in PERF_HEADINGS:
+        assert heading in stdout
+    for label in LABELS.values():
+        assert f"{label} " in stdout, f"{label} not measured"
+    assert "GetTask BASIC bytes equal the hand-tuned server's" in stdout
+
+
+@pytest.mark.skipif(
+    not (shutil.which("h2load") and shutil.which("wrk")), reason="h2load or wrk not installed"
+)
+@pytest.mark.timeout(TIMEOUT + 30)
+async def test_perf_bench_smoke_with_h2load_and_wrk_counts_grpc_errors() -> None:
+    stdout = await _smoke(
+        "perf", "--load-generator", "native", "--only", "get_basic,create,rest_get,blind"
+    )
+    assert "(h2load)" in stdout
+    assert "(wrk)" in stdout
+    assert "h2load blind to grpc-status; bench catches it" in stdout
+    assert "writes seen in the database" in stdout
+
+
+def test_bench_without_a_command_runs_the_pagination_bench() -> None:
+    assert split_command(["--smoke"]) == ("pagination", ["--smoke"])
+    assert split_command(["perf", "--keep"]) == ("perf", ["--keep"])
+
+
+def test_h2load_report_is_parsed_and_empty_replies_count_as_grpc_failures() -> None:
+    report = h2load.parse(H2LOAD_OUTPUT)
+    assert (report.succeeded, report.failed, report.data_bytes) == (3640, 8, 40000)
+    assert report.status_other == 8
+    assert report.seconds == pytest.approx(1.0)
+    # 40,000 data bytes are 400 responses of 100 bytes: the other 3,240 carried no message.
+    assert h2load.grpc_failures(report, 100) == 3240
+
+
+def test_wrk_report_is_parsed() -> None:
+    report = wrk.parse(WRK_OUTPUT)
+    assert (report.requests, report.non_2xx, report.socket_errors) == (757, 7, 3)
+    assert report.succeeded == 750
+
+
+def test_wrk_script_cycles_through_requests() -> None:
+    script = wrk.lua_script([HttpRequest("GET", "/tasks/1"), HttpRequest("POST", "/tasks", "{}")])
+    assert '{"GET", "/tasks/1", ""}' in script
+    assert '{"POST", "/tasks", "{}"}' in script
+
+
+def test_grpc_frames_and_spread_ids() -> None:
+    assert grpc_frame(b"abc") == b"\x00\x00\x00\x00\x03abc"
+    assert spread(list(range(1, 101)), 4) == (1, 26, 51, 76)
+    assert spread([7, 8], 3) == (7, 8, 7)
+
+
+def test_readme_sections_are_replaced_one_at_a_time(tmp_path: Path) -> None:
+    path = tmp_path / "README.md"
+    write_section("pagination", "## Pagination\nold", path)
+    write_section("perf", "## Perf\nfirst", path)
+    write_section("pagination", "## Pagination\nnew", path)
+    assert read_sections(path.read_text()) == {
+        "pagination": "## Pagination\nnew",
+        "perf": "## Perf\nfirst",
+    }
