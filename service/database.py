@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from pathlib import Path
@@ -27,6 +28,8 @@ _RETURNED_AT = "taskservice_returned_at"
 
 # session.info key: the time.monotonic() by which the caller stops waiting.
 DEADLINE = "deadline"
+# Connection execution option: this transaction only reads.
+READ_ONLY = "taskservice_read_only"
 _MAX_STATEMENT_TIMEOUT_MS = 2**31 - 1  # PostgreSQL's limit for statement_timeout
 # One bound parameter (not a literal per value), so asyncpg prepares it once per connection.
 _SET_STATEMENT_TIMEOUT = text("SELECT set_config('statement_timeout', :ms, true)")
@@ -105,12 +108,13 @@ def _create_sqlite_engine(settings: Settings, foreign_keys: bool) -> AsyncEngine
 
 
 def _use_immediate_transactions(engine: AsyncEngine, foreign_keys: bool) -> None:
-    """Make SQLite enforce foreign keys and take the write lock at BEGIN.
+    """Make SQLite enforce foreign keys and take the write lock at BEGIN for writers.
 
     Deferred SQLite transactions that read and then write fail with
     "database is locked" under concurrency instead of waiting; BEGIN IMMEDIATE
-    makes concurrent RPCs queue on busy_timeout instead (SQLAlchemy's pysqlite
-    recipe, which applies to aiosqlite too).
+    makes concurrent writers queue on busy_timeout instead (SQLAlchemy's pysqlite
+    recipe, which applies to aiosqlite too). Read-only units of work begin deferred:
+    in WAL mode they then never wait for, nor block, a writer.
     """
 
     @event.listens_for(engine.sync_engine, "connect")
@@ -127,7 +131,8 @@ def _use_immediate_transactions(engine: AsyncEngine, foreign_keys: bool) -> None
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        read_only = connection.get_execution_options().get(READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def _casefold(value: str | None) -> str | None:
@@ -172,6 +177,7 @@ class UnitOfWork:
 
     With a `deadline` (time.monotonic()), every transaction it begins on PostgreSQL gets
     a statement_timeout of the time left, so abandoned queries do not outlive the call.
+    `read_only` units of work never commit; on SQLite they do not take the write lock.
     """
 
     def __init__(
@@ -180,14 +186,17 @@ class UnitOfWork:
         actor: str = "anonymous",
         *,
         deadline: float | None = None,
+        read_only: bool = False,
     ) -> None:
         self._session_factory = session_factory
         self.actor = actor
         self.deadline = deadline
+        self.read_only = read_only
 
     async def __aenter__(self) -> UnitOfWork:
         info = {} if self.deadline is None else {DEADLINE: self.deadline}
-        self.session = self._session_factory(info=info)
+        options = {READ_ONLY: True} if self.read_only else {}
+        self.session = self._session_factory(info=info, execution_options=options)
         self.tasks = TaskRepository(self.session)
         self.projects = ProjectRepository(self.session)
         self.workers = WorkerRepository(self.session)
@@ -202,7 +211,9 @@ class UnitOfWork:
         traceback: TracebackType | None,
     ) -> None:
         # close() rolls back whatever was not committed and returns the connection.
-        await self.session.close()
+        # Shielded: a caller cancelled mid-close (a client hanging up on a stream) must
+        # not leave the connection checked out with its transaction, and its locks, open.
+        await asyncio.shield(self.session.close())
 
     def record(
         self,
@@ -217,4 +228,6 @@ class UnitOfWork:
 
     async def commit(self) -> None:
         """Commit everything the repositories did in this unit of work."""
+        if self.read_only:
+            raise RuntimeError("a read-only unit of work cannot commit")
         await self.session.commit()

@@ -153,8 +153,17 @@ async def test_cancelled_stream_runs_no_further_queries(tasks, project, server, 
     await wait_until(lambda: server.deps.open_streams == 0)
     batches_queried = stream_queries(statements.statements)
     assert batches_queried < 400 // 5, "the server read the whole stream despite the cancel"
-    # Nothing keeps querying once the handler is gone (a later RPC gives it a chance to).
+    # The abandoned batch gave its connection back (rolled back), however the cancel
+    # fell: a leaked transaction would hold locks (SQLite: the whole database).
+    await wait_until(lambda: server.engine.pool.checkedout() == 0)
+    # Nothing keeps querying once the handler is gone (a later RPC gives it a chance to),
+    # and writers are not blocked by the cancelled reader.
     await tasks.GetTask(task_service_pb2.GetTaskRequest(id=first.tasks[0].id))
+    await tasks.CreateTask(
+        task_service_pb2.CreateTaskRequest(
+            task=resources_pb2.Task(project_id=project.id, title="after")
+        )
+    )
     assert stream_queries(statements.statements) == batches_queried
 
 
@@ -164,6 +173,7 @@ async def test_stream_past_its_deadline_stops_the_server_work(tasks, project, se
     await call.read()  # then read no more: the deadline passes while the server waits
     assert await call.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     await wait_until(lambda: server.deps.open_streams == 0)
+    await wait_until(lambda: server.engine.pool.checkedout() == 0)
 
 
 @pytest.fixture

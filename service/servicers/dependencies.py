@@ -46,10 +46,15 @@ class Dependencies:
     shutting_down: asyncio.Event = field(default_factory=asyncio.Event)
     open_streams: int = 0
 
-    def unit_of_work(self, context: Any = None) -> UnitOfWork:
+    def unit_of_work(self, context: Any = None, *, read_only: bool = False) -> UnitOfWork:
         """A fresh session scope for one RPC (or one stream batch), audited as its caller
         and bounded by its deadline."""
-        return UnitOfWork(self.session_factory, actor_of(context), deadline=deadline_of(context))
+        return UnitOfWork(
+            self.session_factory,
+            actor_of(context),
+            deadline=deadline_of(context),
+            read_only=read_only,
+        )
 
     @contextmanager
     def stream_open(self) -> Iterator[None]:

@@ -69,7 +69,7 @@ class StandardMethods(Generic[Entity, Resource]):
     async def get(self, entity_id: int, context: Context) -> Resource:
         """One resource by id."""
         require_id("id", entity_id)
-        async with self.deps.unit_of_work(context) as uow:
+        async with self.deps.unit_of_work(context, read_only=True) as uow:
             entity = await self.kind.repository(uow).get(entity_id)
         return self.kind.to_message(entity)
 
@@ -77,7 +77,7 @@ class StandardMethods(Generic[Entity, Resource]):
         """One page of resources and the next page token."""
         listing, tokens = self.kind.listing, self.deps.page_tokens
         page_request = listing.read(request, tokens, Violations())
-        async with self.deps.unit_of_work(context) as uow:
+        async with self.deps.unit_of_work(context, read_only=True) as uow:
             page: Page[Entity] = await self.kind.repository(uow).list_page(
                 page_request.ordering, page_request.after, page_request.size
             )

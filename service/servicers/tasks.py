@@ -162,7 +162,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         check_id(violations, "id", request.id)
         check_enum(violations, "view", request.view, resources_pb2.TaskView, allow_unspecified=True)
         violations.raise_if_any()
-        async with self.deps.unit_of_work(context) as uow:
+        async with self.deps.unit_of_work(context, read_only=True) as uow:
             if request.view != resources_pb2.TASK_VIEW_FULL:
                 return task_row_to_message(await uow.tasks.get_row(request.id))
             task = await uow.tasks.get(request.id, FULL_VIEW)
@@ -172,7 +172,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         self, request: pb.ListTasksRequest, context: Context
     ) -> pb.ListTasksResponse:
         page_request = LIST_TASKS.read(request, self.deps.page_tokens, check_task_filter(request))
-        async with self.deps.unit_of_work(context) as uow:
+        async with self.deps.unit_of_work(context, read_only=True) as uow:
             page = await _read_tasks(
                 uow, task_filter_from(request), page_request, page_request.after, request.view
             )
@@ -200,7 +200,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         async def read(after: Position | None) -> Page[Any]:
             # One short transaction per batch: no connection is held while the
             # client reads.
-            async with self.deps.unit_of_work(context) as uow:
+            async with self.deps.unit_of_work(context, read_only=True) as uow:
                 return await _read_tasks(uow, task_filter, stream, after, request.view)
 
         # Read one batch ahead: the next query runs while gRPC flow control holds
@@ -311,7 +311,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         violations = Violations()
         check_id(violations, "task_id", request.task_id)
         page_request = LIST_TASK_EVENTS.read(request, self.deps.page_tokens, violations)
-        async with self.deps.unit_of_work(context) as uow:
+        async with self.deps.unit_of_work(context, read_only=True) as uow:
             await uow.tasks.get(request.task_id)
             page = await uow.audit.history(
                 "task",

@@ -1,0 +1,68 @@
+"""The one session scope: connections always go back, readers never hold up writers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import event, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.database import UnitOfWork, create_engine, make_session_factory
+from service.models import Project, utc_now
+from service.server import TaskServer
+from service.settings import Settings
+from tests.conftest import unique
+
+WAIT = 10.0
+
+
+@pytest.fixture
+async def engine(server: TaskServer, database_url: str) -> AsyncIterator[AsyncEngine]:
+    """An engine of its own on the (migrated) test database, so its pool is the test's."""
+    engine = create_engine(Settings(database_url=database_url))
+    yield engine
+    await engine.dispose()
+
+
+async def wait_for_pool_to_drain(engine: AsyncEngine) -> None:
+    async with asyncio.timeout(WAIT):
+        while engine.pool.checkedout():  # type: ignore[attr-defined]
+            await asyncio.sleep(0.005)
+
+
+async def test_cancelled_while_closing_still_returns_its_connection(engine: AsyncEngine) -> None:
+    # A client hanging up on a stream cancels the batch wherever it is, even mid-close.
+    rolling_back = asyncio.Event()
+    event.listen(engine.sync_engine, "rollback", lambda _connection: rolling_back.set())
+
+    async def read() -> None:
+        async with UnitOfWork(make_session_factory(engine), read_only=True) as uow:
+            await uow.session.exec(text("SELECT 1"))
+
+    reader = asyncio.create_task(read())
+    await rolling_back.wait()  # the reader now awaits its ROLLBACK inside close()
+    reader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+    await wait_for_pool_to_drain(engine)
+
+
+async def test_open_read_does_not_block_a_writer(engine: AsyncEngine) -> None:
+    factory = make_session_factory(engine)
+    async with UnitOfWork(factory, read_only=True) as reader:
+        await reader.session.exec(text("SELECT count(*) FROM projects"))
+        # The reader's transaction is open; a writer commits without waiting for it.
+        async with asyncio.timeout(WAIT), UnitOfWork(factory) as writer:
+            now = utc_now()
+            writer.session.add(
+                Project(name=unique("written-under-a-reader"), create_time=now, update_time=now)
+            )
+            await writer.commit()
+
+
+async def test_read_only_unit_of_work_refuses_to_commit(engine: AsyncEngine) -> None:
+    async with UnitOfWork(make_session_factory(engine), read_only=True) as uow:
+        with pytest.raises(RuntimeError, match="read-only"):
+            await uow.commit()
