@@ -113,8 +113,8 @@ def _use_immediate_transactions(engine: AsyncEngine, foreign_keys: bool) -> None
     Deferred SQLite transactions that read and then write fail with
     "database is locked" under concurrency instead of waiting; BEGIN IMMEDIATE
     makes concurrent writers queue on busy_timeout instead (SQLAlchemy's pysqlite
-    recipe, which applies to aiosqlite too). Read-only units of work begin deferred:
-    in WAL mode they then never wait for, nor block, a writer.
+    recipe, which applies to aiosqlite too). Read-only units of work send no BEGIN:
+    in WAL mode their statements then never wait for, nor block, a writer.
     """
 
     @event.listens_for(engine.sync_engine, "connect")
@@ -131,8 +131,9 @@ def _use_immediate_transactions(engine: AsyncEngine, foreign_keys: bool) -> None
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
-        read_only = connection.get_execution_options().get(READ_ONLY, False)
-        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+        # Reads run without BEGIN: each statement is its own implicit transaction.
+        if not connection.get_execution_options().get(READ_ONLY, False):
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _casefold(value: str | None) -> str | None:
@@ -159,9 +160,16 @@ def _limit_to_deadline(session: Session, _transaction: Any, connection: Connecti
 
     SET LOCAL semantics (is_local = true): the timeout ends with the transaction, so a
     pooled connection never carries it into another RPC. SQLite has no equivalent.
+    Reads run outside a transaction; gRPC cancels their handler at the deadline, and
+    a statement cancelled mid-flight costs its connection (SQLAlchemy invalidates it),
+    which ends the query in PostgreSQL too.
     """
     deadline = session.info.get(DEADLINE)
-    if deadline is None or connection.dialect.name != "postgresql":
+    if (
+        deadline is None
+        or connection.dialect.name != "postgresql"
+        or connection.get_execution_options().get(READ_ONLY, False)
+    ):
         return
     connection.execute(_SET_STATEMENT_TIMEOUT, {"ms": str(statement_timeout_ms(deadline))})
 
@@ -172,12 +180,24 @@ def statement_timeout_ms(deadline: float) -> int:
     return min(max(remaining, 1), _MAX_STATEMENT_TIMEOUT_MS)
 
 
+def _read_only_options(factory: SessionFactory) -> dict[str, Any]:
+    """Execution options of a read-only unit of work: no transaction around its reads.
+
+    Under READ COMMITTED every statement takes its own snapshot anyway, so a read-only
+    transaction adds nothing but BEGIN and ROLLBACK: two of a GetTask's three round trips.
+    """
+    bind = factory.kw.get("bind")
+    if bind is not None and bind.dialect.name == "postgresql":
+        return {READ_ONLY: True, "isolation_level": "AUTOCOMMIT"}
+    return {READ_ONLY: True}  # SQLite: the begin listener skips BEGIN
+
+
 class UnitOfWork:
     """One session and transaction for one RPC: commit explicitly, else roll back.
 
     With a `deadline` (time.monotonic()), every transaction it begins on PostgreSQL gets
     a statement_timeout of the time left, so abandoned queries do not outlive the call.
-    `read_only` units of work never commit; on SQLite they do not take the write lock.
+    `read_only` units of work never commit and run their reads outside a transaction.
     """
 
     def __init__(
@@ -195,7 +215,7 @@ class UnitOfWork:
 
     async def __aenter__(self) -> UnitOfWork:
         info = {} if self.deadline is None else {DEADLINE: self.deadline}
-        options = {READ_ONLY: True} if self.read_only else {}
+        options = _read_only_options(self._session_factory) if self.read_only else {}
         self.session = self._session_factory(info=info, execution_options=options)
         self.tasks = TaskRepository(self.session)
         self.projects = ProjectRepository(self.session)

@@ -18,8 +18,8 @@ import asyncpg
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy import event, func, text
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import func, text
 from sqlalchemy.engine import make_url
 from sqlmodel import select
 
@@ -190,6 +190,50 @@ async def test_update_blocked_past_its_deadline_is_cancelled_in_postgres(
             await _eventually(nothing_running, "the server's query is gone", timeout=10)
 
 
+@asynccontextmanager
+async def _table_locked(url: str, table: str) -> AsyncIterator[None]:
+    """Hold an ACCESS EXCLUSIVE lock on `table`: even plain reads of it wait."""
+    connection = await asyncpg.connect(_dsn(url), timeout=TIMEOUT)
+    try:
+        async with connection.transaction():
+            await connection.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+            yield
+    finally:
+        await connection.close()
+
+
+async def test_read_blocked_past_its_deadline_leaves_no_query_behind(
+    pg_url: str, admin: asyncpg.Connection
+) -> None:
+    # Reads run outside a transaction (no statement_timeout): the deadline must still
+    # reach PostgreSQL, through the cancelled handler.
+    database = _database_name(pg_url)
+    async with _running(Settings(database_url=pg_url, address="127.0.0.1:0")) as (_, channel):
+        _, task = await _project_with_task(channel)
+        tasks = task_service_pb2_grpc.TaskServiceStub(channel)
+        async with _table_locked(pg_url, "tasks"):
+            call = asyncio.ensure_future(
+                tasks.GetTask(task_service_pb2.GetTaskRequest(id=task.id), timeout=3)
+            )
+
+            async def blocked_or_over() -> bool:
+                return call.done() or await _waiting_on_a_lock(admin, database)
+
+            await _eventually(blocked_or_over, "the read waits on the table lock")
+            assert not call.done(), "the call ended before its query reached the lock"
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await asyncio.wait_for(call, TIMEOUT)
+            assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+            async def nothing_waiting() -> bool:
+                return not await _waiting_on_a_lock(admin, database)
+
+            # The lock is still held: only a cancel can have ended the server's query.
+            await _eventually(nothing_waiting, "the server's read is gone", timeout=10)
+        # The server recovers: the same read succeeds once the table is free.
+        assert (await tasks.GetTask(task_service_pb2.GetTaskRequest(id=task.id))).id == task.id
+
+
 async def test_a_statement_running_past_the_deadline_is_deadline_exceeded(pg_url: str) -> None:
     engine = create_engine(Settings(database_url=pg_url))
     started = time.monotonic()
@@ -216,24 +260,26 @@ def _statement_timeouts(statements: Sequence[str], parameters: Sequence[Any]) ->
     return found
 
 
-async def test_every_rpc_with_a_deadline_bounds_its_transactions(pg_url: str) -> None:
+async def test_every_write_with_a_deadline_bounds_its_transactions(pg_url: str) -> None:
     settings = Settings(database_url=pg_url, address="127.0.0.1:0")
     async with _running(settings) as (running, channel):
         project, task = await _project_with_task(channel)
         tasks = task_service_pb2_grpc.TaskServiceStub(channel)
         projects = project_service_pb2_grpc.ProjectServiceStub(channel)
         calls: dict[str, Callable[[float | None], Awaitable[Any]]] = {
-            "GetTask": lambda t: tasks.GetTask(
-                task_service_pb2.GetTaskRequest(id=task.id), timeout=t
-            ),
-            "ListTasks": lambda t: tasks.ListTasks(
-                task_service_pb2.ListTasksRequest(project_id=project.id, view=FULL), timeout=t
-            ),
-            "StreamTasks": lambda t: _read_stream(tasks, project.id, t),
-            "GetProject": lambda t: projects.GetProject(
-                project_service_pb2.GetProjectRequest(id=project.id), timeout=t
-            ),
             "UpdateTask": lambda t: _update_title(channel, task.id, unique("title"), t),
+            "CreateTask": lambda t: tasks.CreateTask(
+                task_service_pb2.CreateTaskRequest(
+                    task=resources_pb2.Task(project_id=project.id, title="bounded")
+                ),
+                timeout=t,
+            ),
+            "UpdateProject": lambda t: projects.UpdateProject(
+                project_service_pb2.UpdateProjectRequest(
+                    project=resources_pb2.Project(id=project.id, description=unique("d"))
+                ),
+                timeout=t,
+            ),
         }
         for name, call in calls.items():
             with count_statements(running.engine) as counter:
@@ -243,13 +289,62 @@ async def test_every_rpc_with_a_deadline_bounds_its_transactions(pg_url: str) ->
             # The server's clock starts a little late, so allow it some slack.
             assert all(0 < ms <= 21_000 for ms in timeouts), (name, timeouts)
         with count_statements(running.engine) as counter:
-            await calls["GetTask"](None)
+            await calls["UpdateTask"](None)
         assert _statement_timeouts(counter.statements, counter.parameters) == []
 
         # SET LOCAL: the timeout ended with its transaction; pooled connections are clean.
         async with running.engine.connect() as connection:
             value = await connection.scalar(text("SHOW statement_timeout"))
         assert value == "0"
+
+
+async def test_reads_send_their_queries_and_no_transaction(pg_url: str) -> None:
+    # BEGIN and ROLLBACK around a read under READ COMMITTED buy nothing: every
+    # statement takes its own snapshot. Without them GetTask is one round trip.
+    settings = Settings(database_url=pg_url, address="127.0.0.1:0")
+    async with _running(settings) as (running, channel):
+        # SQLAlchemy's statements, and what asyncpg sends by itself (BEGIN, ROLLBACK).
+        sent: list[str] = []
+        engine = running.engine.sync_engine
+        event.listen(
+            engine,
+            "connect",
+            lambda connection, _record: connection.driver_connection.add_query_logger(
+                lambda logged: sent.append(logged.query)
+            ),
+        )
+        event.listen(engine, "before_cursor_execute", lambda *args: sent.append(args[2]))
+        project, task = await _project_with_task(channel)
+        tasks = task_service_pb2_grpc.TaskServiceStub(channel)
+        projects = project_service_pb2_grpc.ProjectServiceStub(channel)
+        reads: dict[str, Callable[[], Awaitable[Any]]] = {
+            "GetTask": lambda: tasks.GetTask(
+                task_service_pb2.GetTaskRequest(id=task.id), timeout=20
+            ),
+            "GetTask FULL": lambda: tasks.GetTask(
+                task_service_pb2.GetTaskRequest(id=task.id, view=FULL), timeout=20
+            ),
+            "ListTasks": lambda: tasks.ListTasks(
+                task_service_pb2.ListTasksRequest(project_id=project.id, view=FULL), timeout=20
+            ),
+            "StreamTasks": lambda: _read_stream(tasks, project.id, 20),
+            "GetProject": lambda: projects.GetProject(
+                project_service_pb2.GetProjectRequest(id=project.id), timeout=20
+            ),
+            "ListTaskEvents": lambda: tasks.ListTaskEvents(
+                task_service_pb2.ListTaskEventsRequest(task_id=task.id), timeout=20
+            ),
+        }
+        for name, read in reads.items():
+            await read()  # connections open, statements prepared
+            sent.clear()
+            await read()
+            assert sent, f"{name} sent nothing"
+            assert all(query.lstrip().upper().startswith("SELECT") for query in sent), (name, sent)
+            assert not any("statement_timeout" in query for query in sent), (name, sent)
+        sent.clear()
+        await reads["GetTask"]()
+        assert len(sent) == 1, sent
 
 
 async def _read_stream(
