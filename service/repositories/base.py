@@ -117,6 +117,18 @@ class Repository(Generic[Entity]):
         """
         return list((await self.session.exec(statement)).all())  # type: ignore[call-overload]
 
+    async def fetch_row(
+        self, statement: Select[Any], parameters: dict[str, Any]
+    ) -> Sequence[Any] | None:
+        """The first row of a prebuilt Core SELECT, run on the session's connection.
+
+        Core execution skips the ORM's statement compile and result set-up; the
+        connection is the unit of work's own, so this stays one session per RPC.
+        """
+        connection = await self.session.connection()
+        row: Sequence[Any] | None = (await connection.execute(statement, parameters)).first()
+        return row
+
     async def page_rows(
         self,
         statement: Select[Any],

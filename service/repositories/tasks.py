@@ -14,6 +14,7 @@ from sqlalchemy import (
     String,
     and_,
     any_,
+    bindparam,
     cast,
     delete,
     exists,
@@ -55,6 +56,14 @@ BASIC_COLUMNS: tuple[Any, ...] = (
     col(Task.delete_time),
 )
 BASIC_KEYS = tuple(column.key for column in BASIC_COLUMNS)
+
+# GetTask's one statement, built once: plain Core columns (no ORM compile step) and a
+# bound id, so each call skips statement construction and cache-key generation and
+# goes straight to the compiled-statement and prepared-statement caches.
+_TASKS_TABLE = Task.__table__  # type: ignore[attr-defined]
+_ROW_BY_ID = select(*(_TASKS_TABLE.c[key] for key in BASIC_KEYS)).where(
+    _TASKS_TABLE.c.id == bindparam("task_id")
+)
 
 
 @dataclass(frozen=True)
@@ -111,10 +120,10 @@ class TaskRepository(Repository[Task]):
 
     async def get_row(self, task_id: int) -> Sequence[Any]:
         """One task as a row of BASIC_COLUMNS (one statement); NOT_FOUND if missing."""
-        rows = await self.fetch_rows(select(*BASIC_COLUMNS).where(col(Task.id) == task_id))
-        if not rows:
+        row = await self.fetch_row(_ROW_BY_ID, {"task_id": task_id})
+        if row is None:
             raise self.not_found(task_id)
-        return rows[0]
+        return row
 
     def _conditions(self, f: TaskFilter) -> list[ColumnElement[bool]]:
         conditions: list[ColumnElement[bool]] = []
