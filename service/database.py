@@ -247,7 +247,8 @@ class UnitOfWork:
         self.audit.record(self.actor, entity_type, entity_id, action, before, after)
 
     async def commit(self) -> None:
-        """Commit everything the repositories did in this unit of work."""
+        """Commit everything the repositories did in this unit of work, audit included."""
         if self.read_only:
             raise RuntimeError("a read-only unit of work cannot commit")
+        await self.audit.write_pending()
         await self.session.commit()

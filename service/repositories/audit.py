@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from sqlalchemy import insert
 from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from service.mapping.audit import Snapshot, changes
 from service.models import AuditEvent, utc_now
@@ -16,6 +20,10 @@ class AuditRepository(Repository[AuditEvent]):
     model = AuditEvent
     resource = "audit_event"
 
+    def __init__(self, session: AsyncSession) -> None:
+        super().__init__(session)
+        self._pending: list[dict[str, Any]] = []
+
     def record(
         self,
         actor: str,
@@ -25,18 +33,26 @@ class AuditRepository(Repository[AuditEvent]):
         before: Snapshot | None,
         after: Snapshot | None,
     ) -> None:
-        """Add an event; it is written with the unit of work's commit (or not at all)."""
+        """Queue an event; `write_pending` inserts it in the unit of work's transaction."""
         assert entity_id is not None
-        self.session.add(
-            AuditEvent(
-                entity_type=entity_type,
-                entity_id=entity_id,
-                action=action,
-                actor=actor,
-                event_time=utc_now(),
-                changes=changes(before, after),
-            )
+        self._pending.append(
+            {
+                "entity_type": entity_type,
+                "entity_id": entity_id,
+                "action": action,
+                "actor": actor,
+                "event_time": utc_now(),
+                "changes": changes(before, after),
+            }
         )
+
+    async def write_pending(self) -> None:
+        """Insert the queued events: one Core INSERT, however many (no ORM flush)."""
+        if not self._pending:
+            return
+        events, self._pending = self._pending, []
+        connection = await self.session.connection()
+        await connection.execute(insert(AuditEvent.__table__), events)  # type: ignore[attr-defined]
 
     async def history(
         self,

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import (
     ARRAY,
     ColumnElement,
+    Select,
     String,
     and_,
     any_,
@@ -26,6 +27,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import selectinload
 from sqlalchemy.sql.base import ExecutableOption
 from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from service.errors import FailedPrecondition
 from service.models import Project, Task, TaskPriority, TaskStatus, Worker
@@ -61,6 +63,11 @@ BASIC_KEYS = tuple(column.key for column in BASIC_COLUMNS)
 # bound id, so each call skips statement construction and cache-key generation and
 # goes straight to the compiled-statement and prepared-statement caches.
 _TASKS_TABLE = Task.__table__  # type: ignore[attr-defined]
+# CreateTask's reference check: both foreign keys in one round trip.
+_REFERENCES_EXIST: Select[Any] = select(  # type: ignore[assignment]
+    exists().where(Project.__table__.c.id == bindparam("project_id")),  # type: ignore[attr-defined]
+    exists().where(Worker.__table__.c.id == bindparam("assignee_id")),  # type: ignore[attr-defined]
+)
 _ROW_BY_ID = select(*(_TASKS_TABLE.c[key] for key in BASIC_KEYS)).where(
     _TASKS_TABLE.c.id == bindparam("task_id")
 )
@@ -97,6 +104,10 @@ class TaskRepository(Repository[Task]):
 
     model = Task
     resource = "task"
+
+    def __init__(self, session: AsyncSession) -> None:
+        super().__init__(session)
+        self._known_references: set[tuple[str, int]] = set()
 
     async def list_page(
         self,
@@ -189,13 +200,16 @@ class TaskRepository(Repository[Task]):
             await self._check_references(task)
 
     async def _check_references(self, task: Task) -> None:
-        if not await self.session.get(Project, task.project_id):
+        project_exists, assignee_exists = await self._references_exist(
+            task.project_id, task.assignee_id
+        )
+        if not project_exists:
             raise FailedPrecondition(
                 "PROJECT_NOT_FOUND",
                 f"project {task.project_id} does not exist",
                 project_id=task.project_id,
             )
-        if task.assignee_id is not None and not await self.session.get(Worker, task.assignee_id):
+        if not assignee_exists:
             raise FailedPrecondition(
                 "ASSIGNEE_NOT_FOUND",
                 f"worker {task.assignee_id} does not exist",
@@ -203,6 +217,31 @@ class TaskRepository(Repository[Task]):
             )
         if task.parent_task_id is not None:
             await self._check_parent(task)
+
+    async def _references_exist(
+        self, project_id: int, assignee_id: int | None
+    ) -> tuple[bool, bool]:
+        """Whether the project and the assignee (if any) exist: one query, at most.
+
+        Remembered for the unit of work, so a batch into one project asks once; a row
+        deleted meanwhile still cannot be referenced (the foreign keys hold).
+        """
+        wanted = {("project", project_id)}
+        if assignee_id is not None:
+            wanted.add(("worker", assignee_id))
+        if not wanted <= self._known_references:
+            row = await self.fetch_row(
+                _REFERENCES_EXIST, {"project_id": project_id, "assignee_id": assignee_id}
+            )
+            assert row is not None
+            if row[0]:
+                self._known_references.add(("project", project_id))
+            if row[1] and assignee_id is not None:
+                self._known_references.add(("worker", assignee_id))
+        return (
+            ("project", project_id) in self._known_references,
+            assignee_id is None or ("worker", assignee_id) in self._known_references,
+        )
 
     async def _check_parent(self, task: Task) -> None:
         assert task.parent_task_id is not None
