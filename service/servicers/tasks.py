@@ -153,7 +153,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         if parent is not None:
             task.parent_task_id = parent.id
         await uow.tasks.check_references(task)
-        await uow.tasks.add(task)
+        await uow.tasks.insert(task)
         uow.record("task", task.id, "create", None, task_snapshot(task))
         return task
 
