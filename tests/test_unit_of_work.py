@@ -37,15 +37,17 @@ async def test_cancelled_while_closing_still_returns_its_connection(engine: Asyn
     rolling_back = asyncio.Event()
     event.listen(engine.sync_engine, "rollback", lambda _connection: rolling_back.set())
 
-    async def read() -> None:
-        async with UnitOfWork(make_session_factory(engine), read_only=True) as uow:
+    async def write() -> None:
+        # A writing unit of work: its transaction makes ROLLBACK a real round trip.
+        async with UnitOfWork(make_session_factory(engine)) as uow:
             await uow.session.exec(text("SELECT 1"))
 
-    reader = asyncio.create_task(read())
-    await rolling_back.wait()  # the reader now awaits its ROLLBACK inside close()
-    reader.cancel()
+    writer = asyncio.create_task(write())
+    await rolling_back.wait()  # the writer now awaits its ROLLBACK inside close()
+    assert not writer.done()
+    writer.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await reader
+        await writer
     await wait_for_pool_to_drain(engine)
 
 
