@@ -51,8 +51,7 @@ class AuditRepository(Repository[AuditEvent]):
         if not self._pending:
             return
         events, self._pending = self._pending, []
-        connection = await self.session.connection()
-        await connection.execute(insert(AuditEvent.__table__), events)  # type: ignore[attr-defined]
+        await self.execute_core(insert(AuditEvent.__table__), events)  # type: ignore[attr-defined]
 
     async def history(
         self,

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
 from sqlalchemy import Select
-from sqlalchemy.orm import InstrumentedAttribute
-from sqlalchemy.sql.base import ExecutableOption
+from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy.sql.base import Executable, ExecutableOption
 from sqlmodel import SQLModel, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from sqlmodel.sql.expression import SelectOfScalar
@@ -116,8 +116,7 @@ class Repository(Generic[Entity]):
         more than the database read itself on a page of 500; run on the session's
         connection, they also skip the ORM's result set-up (Core rows).
         """
-        connection = await self.session.connection()
-        return list((await connection.execute(statement)).all())
+        return await self.session.run_sync(_all_rows, statement, None)
 
     async def fetch_row(
         self, statement: Select[Any], parameters: dict[str, Any]
@@ -127,9 +126,16 @@ class Repository(Generic[Entity]):
         Core execution skips the ORM's statement compile and result set-up; the
         connection is the unit of work's own, so this stays one session per RPC.
         """
-        connection = await self.session.connection()
-        row: Sequence[Any] | None = (await connection.execute(statement, parameters)).first()
-        return row
+        return await self.session.run_sync(_first_row, statement, parameters)
+
+    async def execute_core(self, statement: Executable, parameters: Parameters) -> None:
+        """Run a Core INSERT/UPDATE/DELETE on the session's connection (one greenlet hop)."""
+        await self.session.run_sync(_execute, statement, parameters)
+
+    async def insert_returning_id(self, statement: Executable, parameters: Parameters) -> int:
+        """Run a Core INSERT ... RETURNING id; the new id."""
+        new_id: int = await self.session.run_sync(_returned_id, statement, parameters)
+        return new_id
 
     async def page_rows(
         self,
@@ -164,3 +170,26 @@ class Repository(Generic[Entity]):
         items = rows[:limit]
         last = ordering.position_of(items[-1]) if items else None
         return Page(items, last, more=len(rows) > limit)
+
+
+# Core statements run inside ONE greenlet hop (AsyncSession.run_sync) that fetches the
+# connection, executes and consumes the result; awaiting connection() and execute()
+# separately costs two hops, measured at ~13% of a GetTask's CPU.
+Parameters = dict[str, Any] | list[dict[str, Any]] | None
+
+
+def _all_rows(session: Session, statement: Executable, parameters: Parameters) -> list[Any]:
+    return list(session.connection().execute(statement, parameters).all())
+
+
+def _first_row(session: Session, statement: Executable, parameters: Parameters) -> Any:
+    return session.connection().execute(statement, parameters).first()
+
+
+def _execute(session: Session, statement: Executable, parameters: Parameters) -> None:
+    session.connection().execute(statement, parameters)
+
+
+def _returned_id(session: Session, statement: Executable, parameters: Parameters) -> int:
+    new_id: int = session.connection().execute(statement, parameters).scalar_one()
+    return new_id

@@ -120,8 +120,7 @@ class TaskRepository(Repository[Task]):
         tracking or flush, which cost more than the INSERT's round trip.
         """
         values = {key: getattr(task, key) for key in _INSERT_KEYS}
-        connection = await self.session.connection()
-        task.id = (await connection.execute(_INSERT_TASK, values)).scalar_one()
+        task.id = await self.insert_returning_id(_INSERT_TASK, values)
         return task
 
     async def list_page(
