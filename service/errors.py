@@ -306,18 +306,34 @@ def _guard_stream(behavior: StreamHandler) -> StreamHandler:
 
 
 class ErrorTranslator(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Wraps every unary-unary and unary-stream handler with the translator."""
+    """Wraps every unary-unary and unary-stream handler with the translator.
+
+    It is the innermost interceptor, so the handler it wraps depends on the method
+    alone (servicers are registered before the server starts): each method's guarded
+    handler is built once and reused, not rebuilt per RPC.
+    """
+
+    def __init__(self) -> None:
+        self._guarded: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        if handler.unary_unary is not None:
-            return handler._replace(unary_unary=_guard_unary(handler.unary_unary))
-        if handler.unary_stream is not None:
-            return handler._replace(unary_stream=_guard_stream(handler.unary_stream))
-        return handler
+        method: str = handler_call_details.method
+        guarded = self._guarded.get(method)
+        if guarded is None:
+            handler = await continuation(handler_call_details)
+            if handler is None:
+                return None  # unknown method: never cached, so the dict stays bounded
+            guarded = self._guarded[method] = _guard(handler)
+        return guarded
+
+
+def _guard(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    if handler.unary_unary is not None:
+        return handler._replace(unary_unary=_guard_unary(handler.unary_unary))
+    if handler.unary_stream is not None:
+        return handler._replace(unary_stream=_guard_stream(handler.unary_stream))
+    return handler

@@ -58,6 +58,10 @@ def request_id_of(metadata: Iterable[tuple[str, Any]] | None) -> str:
     return str(uuid.uuid4())
 
 
+# (the handler attribute that holds the behaviour, the method's metrics)
+_Shape = tuple[str, "MethodMetrics | None"]
+
+
 @dataclass(slots=True)
 class _Rpc:
     """One RPC (a handler runs once per intercept): what its log line and metrics need."""
@@ -97,6 +101,8 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
 
     def __init__(self, metrics: RpcMetrics | None) -> None:
         self._metrics = metrics
+        # Per method; only registered methods get here, so it stays bounded.
+        self._shapes: dict[str, _Shape] = {}
 
     async def intercept_service(
         self,
@@ -109,18 +115,35 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
         handler = await continuation(handler_call_details)
         if handler is None:
             return None  # unknown method: grpc answers UNIMPLEMENTED; no label to invent
-        attribute, grpc_type = _ARITIES[handler.request_streaming, handler.response_streaming]
-        behavior = getattr(handler, attribute)
         method: str = handler_call_details.method
-        metrics = self._metrics.method(method, grpc_type) if self._metrics is not None else None
+        shape = self._shapes.get(method)
+        if shape is None:
+            shape = self._shapes[method] = self._shape_of(method, handler)
+        attribute, metrics = shape
         rpc = _Rpc(method, request_id, metrics)
-        if inspect.isasyncgenfunction(behavior):
+        # The behaviour itself may differ per call (auth swaps in a refusal): look at it.
+        behavior = getattr(handler, attribute)
+        if _is_async_generator(behavior):
             wrapped: Behavior = _observe_generator(behavior, rpc)
         elif inspect.iscoroutinefunction(behavior):
             wrapped = _observe_coroutine(behavior, rpc, streaming=handler.response_streaming)
         else:
             return handler  # a sync handler runs on a thread pool; none exist here
         return handler._replace(**{attribute: wrapped})
+
+    def _shape_of(self, method: str, handler: grpc.RpcMethodHandler) -> _Shape:
+        """The handler attribute and metrics of a method, worked out once per method."""
+        attribute, grpc_type = _ARITIES[handler.request_streaming, handler.response_streaming]
+        metrics = self._metrics.method(method, grpc_type) if self._metrics is not None else None
+        return attribute, metrics
+
+
+def _is_async_generator(behavior: Behavior) -> bool:
+    """inspect.isasyncgenfunction, with a shortcut for plain functions (every RPC asks)."""
+    code = getattr(behavior, "__code__", None)
+    if code is not None:
+        return bool(code.co_flags & inspect.CO_ASYNC_GENERATOR)
+    return inspect.isasyncgenfunction(behavior)
 
 
 def _observe_coroutine(behavior: Behavior, rpc: _Rpc, *, streaming: bool) -> Behavior:

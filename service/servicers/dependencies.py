@@ -49,11 +49,14 @@ class Dependencies:
     def unit_of_work(self, context: Any = None, *, read_only: bool = False) -> UnitOfWork:
         """A fresh session scope for one RPC (or one stream batch), audited as its caller
         and bounded by its deadline."""
+        if read_only:
+            # Reads audit nothing and run outside a transaction (no statement_timeout to
+            # set): skip reading the caller's metadata and deadline on the hottest path.
+            return UnitOfWork(self.session_factory, read_only=True)
         return UnitOfWork(
             self.session_factory,
             actor_of(context),
             deadline=deadline_of(context),
-            read_only=read_only,
         )
 
     @contextmanager
