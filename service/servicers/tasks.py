@@ -251,7 +251,10 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
             if fields - {"project_id"}:
                 before = task_snapshot(task)
                 apply_task_update(task, request.task, fields, utc_now())
-                await uow.tasks.check_references(task)
+                if fields & {"assignee_id", "parent_task_id"}:
+                    # Unchanged references stay valid: the foreign keys and the tree
+                    # rules held them when they were set.
+                    await uow.tasks.check_references(task)
                 await uow.tasks.save(task)
                 uow.record("task", task.id, "update", before, task_snapshot(task))
                 await uow.commit()
