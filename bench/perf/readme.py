@@ -131,8 +131,9 @@ generator, `--load-generator python` forces that.
   `before_cursor_execute` plus asyncpg's query logger (which sees what the
   driver sends by itself: the pre-ping's `BEGIN; ;  ROLLBACK` and transaction
   control). Each call is made 3 times to warm pools and caches, then 10 times
-  counted. A client deadline would add one statement (`set_config` of
-  `statement_timeout`); h2load sends none.
+  counted. A client deadline would add one statement to a write (`set_config`
+  of `statement_timeout`; reads run outside a transaction and set none);
+  h2load sends none.
 """
 
 
