@@ -60,10 +60,14 @@ BASIC_COLUMNS: tuple[Any, ...] = (
 )
 BASIC_KEYS = tuple(column.key for column in BASIC_COLUMNS)
 
-# GetTask's one statement, built once: plain Core columns (no ORM compile step) and a
-# bound id, so each call skips statement construction and cache-key generation and
-# goes straight to the compiled-statement and prepared-statement caches.
+# Hot statements, built once with bound parameters and plain Core columns: each call
+# skips statement construction, cache-key generation and the ORM compile step, and goes
+# straight to the compiled-statement and prepared-statement caches.
 _TASKS_TABLE = Task.__table__  # type: ignore[attr-defined]
+# GetTask (BASIC): the one statement.
+_ROW_BY_ID = select(*(_TASKS_TABLE.c[key] for key in BASIC_KEYS)).where(
+    _TASKS_TABLE.c.id == bindparam("task_id")
+)
 # CreateTask's INSERT: every column but the id, which comes back (no ORM flush).
 _INSERT_KEYS = tuple(column.key for column in _TASKS_TABLE.columns if not column.primary_key)
 _INSERT_TASK = insert(_TASKS_TABLE).returning(_TASKS_TABLE.c.id)
@@ -71,9 +75,6 @@ _INSERT_TASK = insert(_TASKS_TABLE).returning(_TASKS_TABLE.c.id)
 _REFERENCES_EXIST: Select[Any] = select(  # type: ignore[assignment]
     exists().where(Project.__table__.c.id == bindparam("project_id")),  # type: ignore[attr-defined]
     exists().where(Worker.__table__.c.id == bindparam("assignee_id")),  # type: ignore[attr-defined]
-)
-_ROW_BY_ID = select(*(_TASKS_TABLE.c[key] for key in BASIC_KEYS)).where(
-    _TASKS_TABLE.c.id == bindparam("task_id")
 )
 
 
