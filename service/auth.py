@@ -13,7 +13,7 @@ import hmac
 import inspect
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +24,7 @@ from grpc_health.v1 import health
 from grpc_reflection.v1alpha import reflection
 
 from service.errors import PermissionDenied, ServiceError, Unauthenticated, abort_with
+from service.handler_layers import Layer, replace_behavior
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -137,56 +138,35 @@ def _read_tokens_file(path: Path) -> dict[str, str]:
     return tokens
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Admits an RPC only with a known bearer token, and runs it as that principal."""
+def authenticate(table: TokenTable) -> Layer:
+    """The handler layer that admits a call only with a known bearer token, and runs it
+    as that token's principal; health and reflection stay open."""
 
-    def __init__(self, table: TokenTable) -> None:
-        self._table = table
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        method: str = handler_call_details.method
-        if handler is None or method.strip("/").split("/")[0] in OPEN_SERVICES:
+    def layer(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        if method.strip("/").split("/")[0] in OPEN_SERVICES:
             return handler
-        try:
-            principal = self._table.authorize(method, handler_call_details.invocation_metadata)
-        except ServiceError as error:
-            log.info("refused %s: %s", method, error.message)
-            reject = _rejecting(error)
-            return _replace_behavior(handler, lambda _behavior: reject)
-        return _replace_behavior(handler, lambda behavior: _as_principal(behavior, principal))
+        return replace_behavior(handler, lambda behavior: _authenticated(behavior, method, table))
+
+    return layer
 
 
-def _replace_behavior(
-    handler: grpc.RpcMethodHandler, wrap: Callable[[Behavior], Behavior]
-) -> grpc.RpcMethodHandler:
-    for arity in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
-        behavior = getattr(handler, arity)
-        if behavior is not None:
-            return handler._replace(**{arity: wrap(behavior)})
-    return handler
+async def _principal_or_abort(table: TokenTable, method: str, context: Any) -> str:
+    try:
+        return table.authorize(method, context.invocation_metadata())
+    except ServiceError as error:
+        log.info("refused %s: %s", method, error.message)
+        await abort_with(context, error)  # raises grpc.aio.AbortError
+        raise  # not reached: abort always raises
 
 
-def _rejecting(error: ServiceError) -> Behavior:
-    # A coroutine fits every arity: grpc.aio awaits it (streaming ones as writer API).
-    async def reject(_request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        await abort_with(context, error)
-
-    return reject
-
-
-def _as_principal(behavior: Behavior, principal: str) -> Behavior:
-    """`behavior` with current_principal() set while it runs (all handlers here are async)."""
+def _authenticated(behavior: Behavior, method: str, table: TokenTable) -> Behavior:
+    """`behavior` behind the token check, with current_principal() set while it runs."""
     if inspect.isasyncgenfunction(behavior):
 
         async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
             # Not reset: a generator may be finalised from another context, where reset()
             # fails. grpc.aio runs each RPC in its own task, whose context dies with it.
-            _principal.set(principal)
+            _principal.set(await _principal_or_abort(table, method, context))
             async for response in behavior(request, context):
                 yield response
 
@@ -194,15 +174,15 @@ def _as_principal(behavior: Behavior, principal: str) -> Behavior:
 
     async def call(request: Any, context: Any) -> Any:
         # Not reset: each RPC runs in its own task (the value dies with it), and the
-        # outer logging interceptor reads the principal after the handler returns.
-        _principal.set(principal)
+        # outer observability layer reads the principal after the handler returns.
+        _principal.set(await _principal_or_abort(table, method, context))
         return await behavior(request, context)
 
     return call
 
 
-def auth_interceptors(settings: Settings) -> list[grpc.aio.ServerInterceptor]:
-    """The authentication interceptor; none while no token is configured."""
+def auth_layers(settings: Settings) -> list[Layer]:
+    """The authentication layer; none while no token is configured."""
     tokens = load_tokens(settings)
     if not tokens:
         if settings.read_only_principals:
@@ -216,4 +196,4 @@ def auth_interceptors(settings: Settings) -> list[grpc.aio.ServerInterceptor]:
         len(tokens),
         len(settings.read_only_principals),
     )
-    return [AuthInterceptor(TokenTable.of(tokens, settings.read_only_principals))]
+    return [authenticate(TokenTable.of(tokens, settings.read_only_principals))]

@@ -1,7 +1,7 @@
 """Domain errors and the one translator from any exception to a gRPC status.
 
 Servicers and repositories raise the domain errors below (or let database
-exceptions escape); `ErrorTranslator`, a server interceptor, turns them into a
+exceptions escape); `translate_errors`, the innermost handler layer, turns them into a
 `google.rpc.Status` with ErrorInfo (AIP-193) and, for invalid requests,
 BadRequest. Nothing else in the service picks status codes.
 """
@@ -305,33 +305,8 @@ def _guard_stream(behavior: StreamHandler) -> StreamHandler:
     return guarded
 
 
-class ErrorTranslator(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Wraps every unary-unary and unary-stream handler with the translator.
-
-    It is the innermost interceptor, so the handler it wraps depends on the method
-    alone (servicers are registered before the server starts): each method's guarded
-    handler is built once and reused, not rebuilt per RPC.
-    """
-
-    def __init__(self) -> None:
-        self._guarded: dict[str, grpc.RpcMethodHandler] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        method: str = handler_call_details.method
-        guarded = self._guarded.get(method)
-        if guarded is None:
-            handler = await continuation(handler_call_details)
-            if handler is None:
-                return None  # unknown method: never cached, so the dict stays bounded
-            guarded = self._guarded[method] = _guard(handler)
-        return guarded
-
-
-def _guard(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+def translate_errors(_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """The handler layer that turns whatever its behaviour raises into a gRPC status."""
     if handler.unary_unary is not None:
         return handler._replace(unary_unary=_guard_unary(handler.unary_unary))
     if handler.unary_stream is not None:

@@ -1,7 +1,7 @@
-"""Per-RPC observability as one interceptor: request id, one log line and metrics per RPC.
+"""Per-RPC observability as one handler layer: request id, one log line and metrics per RPC.
 
-It is the outermost interceptor, so it sees the final status of every RPC,
-including those the auth interceptor refuses and errors the translator maps.
+It is the outermost layer (service.handler_layers), so it sees the final status of
+every RPC, including those authentication refuses and errors the translator maps.
 Servicers know nothing of it. One wrapper per RPC does all three jobs, so each
 RPC pays for one clock read pair and one status lookup.
 """
@@ -13,19 +13,20 @@ import inspect
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Any
 
 import grpc
 
+from service.handler_layers import Layer
 from service.logs import REQUEST_ID_KEY, current_request_id
 from service.metrics import MethodMetrics, RpcMetrics
 from service.servicers.dependencies import actor_of
 
 log = logging.getLogger(__name__)
-__all__ = ["REQUEST_ID_KEY", "ObservabilityInterceptor", "observability_interceptors"]
+__all__ = ["REQUEST_ID_KEY", "observe"]
 
 Context = Any  # grpc.aio.ServicerContext (grpc ships no type hints)
 Behavior = Callable[[Any, Any], Any]
@@ -43,11 +44,6 @@ _ARITIES = {
 }
 
 
-def observability_interceptors(metrics: RpcMetrics | None) -> list[grpc.aio.ServerInterceptor]:
-    """Interceptors that log and (when `metrics` is given) measure every RPC."""
-    return [ObservabilityInterceptor(metrics)]
-
-
 def request_id_of(metadata: Iterable[tuple[str, Any]] | None) -> str:
     """The caller's x-request-id if usable, else a new uuid4."""
     for key, value in metadata or ():
@@ -58,13 +54,9 @@ def request_id_of(metadata: Iterable[tuple[str, Any]] | None) -> str:
     return str(uuid.uuid4())
 
 
-# (the handler attribute that holds the behaviour, the method's metrics)
-_Shape = tuple[str, "MethodMetrics | None"]
-
-
 @dataclass(slots=True)
 class _Rpc:
-    """One RPC (a handler runs once per intercept): what its log line and metrics need."""
+    """One RPC: what its log line and metrics need."""
 
     method: str
     request_id: str
@@ -96,61 +88,39 @@ class _Rpc:
             self.metrics.msg_sent.inc()
 
 
-class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Wraps every handler: request id in and out, one log line, Prometheus metrics."""
+def observe(metrics: RpcMetrics | None) -> Layer:
+    """The outermost handler layer: request id in and out, one log line, metrics."""
 
-    def __init__(self, metrics: RpcMetrics | None) -> None:
-        self._metrics = metrics
-        # Per method; only registered methods get here, so it stays bounded.
-        self._shapes: dict[str, _Shape] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        request_id = request_id_of(handler_call_details.invocation_metadata)
-        # Set now too, so inner interceptors' lines (an auth refusal) carry it.
-        current_request_id.set(request_id)
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None  # unknown method: grpc answers UNIMPLEMENTED; no label to invent
-        method: str = handler_call_details.method
-        shape = self._shapes.get(method)
-        if shape is None:
-            shape = self._shapes[method] = self._shape_of(method, handler)
-        attribute, metrics = shape
-        rpc = _Rpc(method, request_id, metrics)
-        # The behaviour itself may differ per call (auth swaps in a refusal): look at it.
+    def layer(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        attribute, grpc_type = _ARITIES[handler.request_streaming, handler.response_streaming]
         behavior = getattr(handler, attribute)
-        if _is_async_generator(behavior):
-            wrapped: Behavior = _observe_generator(behavior, rpc)
+        method_metrics = metrics.method(method, grpc_type) if metrics is not None else None
+        if inspect.isasyncgenfunction(behavior):
+            wrapped: Behavior = _observe_generator(behavior, method, method_metrics)
         elif inspect.iscoroutinefunction(behavior):
-            wrapped = _observe_coroutine(behavior, rpc, streaming=handler.response_streaming)
+            wrapped = _observe_coroutine(
+                behavior, method, method_metrics, streaming=handler.response_streaming
+            )
         else:
             return handler  # a sync handler runs on a thread pool; none exist here
         return handler._replace(**{attribute: wrapped})
 
-    def _shape_of(self, method: str, handler: grpc.RpcMethodHandler) -> _Shape:
-        """The handler attribute and metrics of a method, worked out once per method."""
-        attribute, grpc_type = _ARITIES[handler.request_streaming, handler.response_streaming]
-        metrics = self._metrics.method(method, grpc_type) if self._metrics is not None else None
-        return attribute, metrics
+    return layer
 
 
-def _is_async_generator(behavior: Behavior) -> bool:
-    """inspect.isasyncgenfunction, with a shortcut for plain functions (every RPC asks)."""
-    code = getattr(behavior, "__code__", None)
-    if code is not None:
-        return bool(code.co_flags & inspect.CO_ASYNC_GENERATOR)
-    return inspect.isasyncgenfunction(behavior)
+def _start(method: str, metrics: MethodMetrics | None, context: Context) -> _Rpc:
+    rpc = _Rpc(method, request_id_of(context.invocation_metadata()), metrics)
+    rpc.begin(context)
+    return rpc
 
 
-def _observe_coroutine(behavior: Behavior, rpc: _Rpc, *, streaming: bool) -> Behavior:
+def _observe_coroutine(
+    behavior: Behavior, method: str, metrics: MethodMetrics | None, *, streaming: bool
+) -> Behavior:
     """Unary responses, and streams written with context.write() (like Health.Watch)."""
 
     async def observed(request: Any, context: Context) -> Any:
-        rpc.begin(context)
+        rpc = _start(method, metrics, context)
         inner = _WriteCountingContext(context, rpc) if streaming else context
         try:
             response = await behavior(request, inner)
@@ -163,11 +133,11 @@ def _observe_coroutine(behavior: Behavior, rpc: _Rpc, *, streaming: bool) -> Beh
     return observed
 
 
-def _observe_generator(behavior: Behavior, rpc: _Rpc) -> Behavior:
+def _observe_generator(behavior: Behavior, method: str, metrics: MethodMetrics | None) -> Behavior:
     """Streams that yield: count messages, measure until the stream ends."""
 
     async def observed(request: Any, context: Context) -> AsyncIterator[Any]:
-        rpc.begin(context)
+        rpc = _start(method, metrics, context)
         # A cancelled client cancels grpc's task while it writes, not this generator,
         # which only learns of it when it is garbage-collected; the done callback
         # records the cancellation as soon as the RPC ends.

@@ -9,15 +9,16 @@ from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.auth import auth_interceptors
+from service.auth import auth_layers
 from service.database import create_engine, make_session_factory
-from service.errors import ErrorTranslator
+from service.errors import translate_errors
+from service.handler_layers import LayeredRegistration, stack
 from service.health_probe import DatabaseHealthProbe
 from service.metrics import Metrics
-from service.observability import observability_interceptors
+from service.observability import observe
 from service.pagination import PageTokens
 from service.servicers.dependencies import Dependencies
 from service.servicers.projects import ProjectServicer
@@ -81,28 +82,29 @@ async def start_server(settings: Settings) -> TaskServer:
         page_tokens=PageTokens(settings.page_token_secret.get_secret_value()),
     )
     metrics = Metrics(engine) if settings.metrics_port else None
-    server = grpc.aio.server(
-        # Outermost first: logs and metrics see the final status of every RPC,
-        # authentication runs before any handler, and the error translator last.
-        interceptors=[
-            *observability_interceptors(metrics.rpc if metrics else None),
-            *auth_interceptors(settings),
-            ErrorTranslator(),
-        ],
-        options=server_options(settings),
-    )
-    task_service_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(deps), server)
-    project_service_pb2_grpc.add_ProjectServiceServicer_to_server(ProjectServicer(deps), server)
-    worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(deps), server)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (
-            *SERVICE_NAMES,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ),
+    server = grpc.aio.server(options=server_options(settings))
+    # Every handler is wrapped once, outermost first: logs and metrics see the final
+    # status of every RPC, authentication runs before any handler, the error translator
+    # innermost. (Layers at registration, not interceptors: see handler_layers.)
+    services = LayeredRegistration(
         server,
+        stack(observe(metrics.rpc if metrics else None), *auth_layers(settings), translate_errors),
+    )
+    task_service_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(deps), services)
+    project_service_pb2_grpc.add_ProjectServiceServicer_to_server(ProjectServicer(deps), services)
+    worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(deps), services)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, services)
+    # What reflection.enable_server_reflection does for a grpc.aio server, through the layers.
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        reflection.aio.ReflectionServicer(
+            (
+                *SERVICE_NAMES,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            )
+        ),
+        services,
     )
     port = bind(server, settings)
     if metrics is not None:
