@@ -164,11 +164,7 @@ def _limit_to_deadline(session: Session, _transaction: Any, connection: Connecti
     which ends the query in PostgreSQL too.
     """
     deadline = session.info.get(DEADLINE)
-    if (
-        deadline is None
-        or connection.dialect.name != "postgresql"
-        or connection.get_execution_options().get(READ_ONLY, False)
-    ):
+    if deadline is None or connection.dialect.name != "postgresql":
         return
     connection.execute(_SET_STATEMENT_TIMEOUT, {"ms": str(statement_timeout_ms(deadline))})
 
@@ -213,7 +209,9 @@ class UnitOfWork:
         self.read_only = read_only
 
     async def __aenter__(self) -> UnitOfWork:
-        info = {} if self.deadline is None else {DEADLINE: self.deadline}
+        # Reads run outside a transaction: no SET LOCAL timeout to scope (see above).
+        bounded = self.deadline is not None and not self.read_only
+        info = {DEADLINE: self.deadline} if bounded else {}
         options = _read_only_options(self._session_factory) if self.read_only else {}
         self.session = self._session_factory(info=info, execution_options=options)
         self.tasks = TaskRepository(self.session)

@@ -12,7 +12,7 @@ import asyncio
 import inspect
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +24,7 @@ from grpc_status import rpc_status
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import exc as orm_exc
 
+from service.handler_layers import replace_behavior
 from service.logs import request_id_metadata
 
 DOMAIN = "taskmanager.v1"
@@ -272,7 +273,6 @@ async def abort_with(context: grpc.aio.ServicerContext[Any, Any], error: BaseExc
 
 
 Handler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
-StreamHandler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
 
 
 def _guard_unary(behavior: Handler) -> Handler:
@@ -287,11 +287,11 @@ def _guard_unary(behavior: Handler) -> Handler:
     return guarded
 
 
-def _guard_stream(behavior: StreamHandler) -> StreamHandler:
-    # grpc accepts two shapes of streaming handler: an async generator, or a
-    # coroutine that sends with context.write() (like Health.Watch). Keep the shape.
+def _guarded(behavior: Any) -> Any:
+    # A streaming handler is an async generator, or a coroutine that sends with
+    # context.write() (like Health.Watch), as unary handlers are. Keep the shape.
     if not inspect.isasyncgenfunction(behavior):
-        return _guard_unary(behavior)  # type: ignore[arg-type,return-value]
+        return _guard_unary(behavior)
 
     async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
@@ -307,8 +307,4 @@ def _guard_stream(behavior: StreamHandler) -> StreamHandler:
 
 def translate_errors(_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     """The handler layer that turns whatever its behaviour raises into a gRPC status."""
-    if handler.unary_unary is not None:
-        return handler._replace(unary_unary=_guard_unary(handler.unary_unary))
-    if handler.unary_stream is not None:
-        return handler._replace(unary_stream=_guard_stream(handler.unary_stream))
-    return handler
+    return replace_behavior(handler, _guarded)

@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc
 
-from service.handler_layers import Layer
+from service.handler_layers import Layer, replace_behavior
 from service.logs import REQUEST_ID_KEY, current_request_id
 from service.metrics import MethodMetrics, RpcMetrics
 from service.servicers.dependencies import actor_of
@@ -35,12 +35,12 @@ _VALID_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
 # A client past its deadline resets the stream itself; that reset can beat our own
 # copy of the deadline by a few milliseconds.
 _DEADLINE_SLACK_S = 0.05
-_ARITIES = {
-    # (request_streaming, response_streaming) -> handler attribute, go-grpc-prometheus grpc_type
-    (False, False): ("unary_unary", "unary"),
-    (False, True): ("unary_stream", "server_stream"),
-    (True, False): ("stream_unary", "client_stream"),
-    (True, True): ("stream_stream", "bidi_stream"),
+_GRPC_TYPES = {
+    # (request_streaming, response_streaming) -> go-grpc-prometheus grpc_type
+    (False, False): "unary",
+    (False, True): "server_stream",
+    (True, False): "client_stream",
+    (True, True): "bidi_stream",
 }
 
 
@@ -92,18 +92,18 @@ def observe(metrics: RpcMetrics | None) -> Layer:
     """The outermost handler layer: request id in and out, one log line, metrics."""
 
     def layer(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        attribute, grpc_type = _ARITIES[handler.request_streaming, handler.response_streaming]
-        behavior = getattr(handler, attribute)
+        grpc_type = _GRPC_TYPES[handler.request_streaming, handler.response_streaming]
         method_metrics = metrics.method(method, grpc_type) if metrics is not None else None
-        if inspect.isasyncgenfunction(behavior):
-            wrapped: Behavior = _observe_generator(behavior, method, method_metrics)
-        elif inspect.iscoroutinefunction(behavior):
-            wrapped = _observe_coroutine(
-                behavior, method, method_metrics, streaming=handler.response_streaming
-            )
-        else:
-            return handler  # a sync handler runs on a thread pool; none exist here
-        return handler._replace(**{attribute: wrapped})
+        streaming: bool = handler.response_streaming
+
+        def wrap(behavior: Behavior) -> Behavior:
+            if inspect.isasyncgenfunction(behavior):
+                return _observe_generator(behavior, method, method_metrics)
+            if inspect.iscoroutinefunction(behavior):
+                return _observe_coroutine(behavior, method, method_metrics, streaming=streaming)
+            return behavior  # a sync handler runs on a thread pool; none exist here
+
+        return replace_behavior(handler, wrap)
 
     return layer
 

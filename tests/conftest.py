@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,6 +153,13 @@ def statements(server: TaskServer) -> Iterator[StatementCounter]:
     """Counts the server's SQL statements during one test (BEGIN/COMMIT excluded)."""
     with count_statements(server.engine) as counter:
         yield counter
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait for `condition()` to hold, yielding to the loop; fail after `timeout`."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.005)
 
 
 def unique(prefix: str) -> str:

@@ -10,7 +10,7 @@ import pytest
 from service.server import TaskServer, start_server
 from service.settings import Settings
 from taskmanager.v1 import resources_pb2, task_service_pb2, task_service_pb2_grpc
-from tests.conftest import create_task
+from tests.conftest import create_task, wait_until
 from tests.rpc_errors import expect_failure, read_failure
 from tests.seeding import seed_tasks
 
@@ -28,13 +28,6 @@ async def read_all(tasks, request) -> list[task_service_pb2.StreamTasksResponse]
 def stream_queries(statements: list[str]) -> int:
     """Batch queries of a stream: the only task SELECTs ordered by create_time."""
     return sum(1 for s in statements if "FROM tasks" in s and "ORDER BY tasks.create_time" in s)
-
-
-async def wait_until(condition, timeout: float = 10.0) -> None:
-    """Wait for `condition()` to hold, yielding to the loop; fail after `timeout`."""
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.005)
 
 
 async def test_stream_delivers_every_task_in_batches_in_create_order(tasks, project, server):

@@ -13,7 +13,7 @@ from service.database import UnitOfWork, create_engine, make_session_factory
 from service.models import Project, utc_now
 from service.server import TaskServer
 from service.settings import Settings
-from tests.conftest import unique
+from tests.conftest import unique, wait_until
 
 WAIT = 10.0
 
@@ -24,12 +24,6 @@ async def engine(server: TaskServer, database_url: str) -> AsyncIterator[AsyncEn
     engine = create_engine(Settings(database_url=database_url))
     yield engine
     await engine.dispose()
-
-
-async def wait_for_pool_to_drain(engine: AsyncEngine) -> None:
-    async with asyncio.timeout(WAIT):
-        while engine.pool.checkedout():  # type: ignore[attr-defined]
-            await asyncio.sleep(0.005)
 
 
 async def test_cancelled_while_closing_still_returns_its_connection(engine: AsyncEngine) -> None:
@@ -48,7 +42,7 @@ async def test_cancelled_while_closing_still_returns_its_connection(engine: Asyn
     writer.cancel()
     with pytest.raises(asyncio.CancelledError):
         await writer
-    await wait_for_pool_to_drain(engine)
+    await wait_until(lambda: engine.pool.checkedout() == 0, WAIT)  # type: ignore[attr-defined]
 
 
 async def test_open_read_does_not_block_a_writer(engine: AsyncEngine) -> None:
