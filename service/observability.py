@@ -54,14 +54,21 @@ def request_id_of(metadata: Iterable[tuple[str, Any]] | None) -> str:
     return str(uuid.uuid4())
 
 
+@dataclass(frozen=True, slots=True)
+class _Method:
+    """What every RPC of one method shares: its name, its metrics, whether OK calls log."""
+
+    name: str
+    metrics: MethodMetrics | None
+    log_all: bool
+
+
 @dataclass(slots=True)
 class _Rpc:
     """One RPC: what its log line and metrics need."""
 
-    method: str
+    method: _Method
     request_id: str
-    metrics: MethodMetrics | None
-    peer: str = ""
     sent: int = 0
     finished: bool = False
     started: float = 0.0
@@ -70,10 +77,8 @@ class _Rpc:
         """Start the clock, publish the request id (context and trailers), count the start."""
         current_request_id.set(self.request_id)  # not reset: the RPC's task context dies with it
         context.set_trailing_metadata(((REQUEST_ID_KEY, self.request_id),))
-        if self.metrics is not None:
-            self.metrics.started.inc()
-        if log.isEnabledFor(logging.INFO):
-            self.peer = context.peer()
+        if self.method.metrics is not None:
+            self.method.metrics.started.inc()
         self.started = perf_counter()
 
     def finish_unfinished(self, context: Context) -> None:
@@ -84,23 +89,29 @@ class _Rpc:
     def sent_one(self) -> None:
         """Count one stream message the server has sent."""
         self.sent += 1
-        if self.metrics is not None:
-            self.metrics.msg_sent.inc()
+        if self.method.metrics is not None:
+            self.method.metrics.msg_sent.inc()
 
 
-def observe(metrics: RpcMetrics | None) -> Layer:
-    """The outermost handler layer: request id in and out, one log line, metrics."""
+def observe(metrics: RpcMetrics | None, *, log_all: bool = False) -> Layer:
+    """The outermost handler layer: request id in and out, metrics, and a log line for
+    each RPC that fails (every RPC with `log_all`).
+
+    Writing a line for every successful call cost ~20% of a GetTask's server CPU in the
+    perf bench; metrics already count and time those.
+    """
 
     def layer(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         grpc_type = _GRPC_TYPES[handler.request_streaming, handler.response_streaming]
         method_metrics = metrics.method(method, grpc_type) if metrics is not None else None
+        observed = _Method(method, method_metrics, log_all)
         streaming: bool = handler.response_streaming
 
         def wrap(behavior: Behavior) -> Behavior:
             if inspect.isasyncgenfunction(behavior):
-                return _observe_generator(behavior, method, method_metrics)
+                return _observe_generator(behavior, observed)
             if inspect.iscoroutinefunction(behavior):
-                return _observe_coroutine(behavior, method, method_metrics, streaming=streaming)
+                return _observe_coroutine(behavior, observed, streaming=streaming)
             return behavior  # a sync handler runs on a thread pool; none exist here
 
         return replace_behavior(handler, wrap)
@@ -108,19 +119,17 @@ def observe(metrics: RpcMetrics | None) -> Layer:
     return layer
 
 
-def _start(method: str, metrics: MethodMetrics | None, context: Context) -> _Rpc:
-    rpc = _Rpc(method, request_id_of(context.invocation_metadata()), metrics)
+def _start(method: _Method, context: Context) -> _Rpc:
+    rpc = _Rpc(method, request_id_of(context.invocation_metadata()))
     rpc.begin(context)
     return rpc
 
 
-def _observe_coroutine(
-    behavior: Behavior, method: str, metrics: MethodMetrics | None, *, streaming: bool
-) -> Behavior:
+def _observe_coroutine(behavior: Behavior, method: _Method, *, streaming: bool) -> Behavior:
     """Unary responses, and streams written with context.write() (like Health.Watch)."""
 
     async def observed(request: Any, context: Context) -> Any:
-        rpc = _start(method, metrics, context)
+        rpc = _start(method, context)
         inner = _WriteCountingContext(context, rpc) if streaming else context
         try:
             response = await behavior(request, inner)
@@ -133,11 +142,11 @@ def _observe_coroutine(
     return observed
 
 
-def _observe_generator(behavior: Behavior, method: str, metrics: MethodMetrics | None) -> Behavior:
+def _observe_generator(behavior: Behavior, method: _Method) -> Behavior:
     """Streams that yield: count messages, measure until the stream ends."""
 
     async def observed(request: Any, context: Context) -> AsyncIterator[Any]:
-        rpc = _start(method, metrics, context)
+        rpc = _start(method, context)
         # A cancelled client cancels grpc's task while it writes, not this generator,
         # which only learns of it when it is garbage-collected; the done callback
         # records the cancellation as soon as the RPC ends.
@@ -201,18 +210,18 @@ def _finish(rpc: _Rpc, context: Context, code: grpc.StatusCode) -> None:
         return
     rpc.finished = True
     seconds = perf_counter() - rpc.started
-    if rpc.metrics is not None:
-        rpc.metrics.handled(code, seconds)
-    if log.isEnabledFor(logging.INFO):
+    if rpc.method.metrics is not None:
+        rpc.method.metrics.handled(code, seconds)
+    if (rpc.method.log_all or code is not grpc.StatusCode.OK) and log.isEnabledFor(logging.INFO):
         _log_rpc(rpc, context, code, seconds)
 
 
 def _log_rpc(rpc: _Rpc, context: Context, code: grpc.StatusCode, seconds: float) -> None:
     fields = {
-        "method": rpc.method,
+        "method": rpc.method.name,
         "code": code.name,
         "duration_ms": round(seconds * 1000, 3),
-        "peer": rpc.peer,
+        "peer": context.peer(),
         "principal": actor_of(context),
         "request_id": rpc.request_id,
     }

@@ -88,7 +88,11 @@ async def start_server(settings: Settings) -> TaskServer:
     # innermost. (Layers at registration, not interceptors: see handler_layers.)
     services = LayeredRegistration(
         server,
-        stack(observe(metrics.rpc if metrics else None), *auth_layers(settings), translate_errors),
+        stack(
+            observe(metrics.rpc if metrics else None, log_all=settings.rpc_log == "all"),
+            *auth_layers(settings),
+            translate_errors,
+        ),
     )
     task_service_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(deps), services)
     project_service_pb2_grpc.add_ProjectServiceServicer_to_server(ProjectServicer(deps), services)

@@ -101,6 +101,11 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field(
         default="text", description="Log lines as readable text or one JSON object each."
     )
+    rpc_log: Literal["failed", "all"] = Field(
+        default="failed",
+        description="Which RPCs get a log line: those that end with an error status, or all "
+        "(an access log; costs ~20% of a GetTask's CPU).",
+    )
     # --- operations -------------------------------------------------------------
     workers: int = Field(
         default=1, ge=1, description="Server processes sharing the port (SO_REUSEPORT)."

@@ -133,8 +133,10 @@ def rpc_fields(caplog: pytest.LogCaptureFixture, request_id: str) -> list[dict[s
 
 @pytest.fixture(scope="module")
 async def observed(database_url: str) -> AsyncIterator[TaskServer]:
-    """A server of this module's own, serving /metrics on a free port."""
-    settings = Settings(database_url=database_url, address="127.0.0.1:0", metrics_port=free_port())
+    """A server of this module's own, serving /metrics on a free port, logging every RPC."""
+    settings = Settings(
+        database_url=database_url, address="127.0.0.1:0", metrics_port=free_port(), rpc_log="all"
+    )
     running = await start_server(settings)
     yield running
     await running.stop(grace=1)
@@ -430,12 +432,30 @@ async def test_each_rpc_logs_one_line_with_its_fields(
     assert "messages_sent" not in fields
 
 
-async def test_anonymous_caller_is_logged_as_anonymous(
+async def test_successful_rpcs_are_not_logged_by_default(
     tasks: Any, project: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger=RPC_LOGGER)
     await tasks.ListTasks(
         task_service_pb2.ListTasksRequest(project_id=project.id),
+        metadata=(("x-request-id", "quiet-ok-1"),),
+    )
+    with pytest.raises(grpc.aio.AioRpcError):
+        await tasks.GetTask(
+            task_service_pb2.GetTaskRequest(id=MISSING_ID),
+            metadata=(("x-request-id", "loud-error-1"),),
+        )
+    assert rpc_fields(caplog, "quiet-ok-1") == []
+    [fields] = rpc_fields(caplog, "loud-error-1")
+    assert fields["code"] == "NOT_FOUND"
+
+
+async def test_anonymous_caller_is_logged_as_anonymous(
+    observed_tasks: Any, observed_project: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=RPC_LOGGER)
+    await observed_tasks.ListTasks(
+        task_service_pb2.ListTasksRequest(project_id=observed_project.id),
         metadata=(("x-request-id", "anon-1"),),
     )
     [fields] = rpc_fields(caplog, "anon-1")
@@ -444,12 +464,15 @@ async def test_anonymous_caller_is_logged_as_anonymous(
 
 
 async def test_stream_logs_one_line_when_it_ends(
-    server: TaskServer, tasks: Any, project: Any, caplog: pytest.LogCaptureFixture
+    observed: TaskServer,
+    observed_tasks: Any,
+    observed_project: Any,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger=RPC_LOGGER)
-    await seed_tasks(server, project.id, 3)
-    request = task_service_pb2.StreamTasksRequest(project_id=project.id, batch_size=1)
-    call = tasks.StreamTasks(request, metadata=(("x-request-id", "stream-1"),))
+    await seed_tasks(observed, observed_project.id, 3)
+    request = task_service_pb2.StreamTasksRequest(project_id=observed_project.id, batch_size=1)
+    call = observed_tasks.StreamTasks(request, metadata=(("x-request-id", "stream-1"),))
     assert len([response async for response in call]) == 3
     assert trailer(await call.trailing_metadata(), "x-request-id") == "stream-1"
     [fields] = rpc_fields(caplog, "stream-1")
