@@ -15,7 +15,7 @@ from sqlmodel import Session
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from service.mapping.audit import Snapshot
-from service.repositories.audit import AuditRepository
+from service.repositories.audit import AuditRepository, AuditValues, event_values
 from service.repositories.idempotency import IdempotencyRepository
 from service.repositories.projects import ProjectRepository
 from service.repositories.tasks import TaskRepository
@@ -243,6 +243,13 @@ class UnitOfWork:
     ) -> None:
         """Audit a mutation by this unit of work's actor (committed with it, or never)."""
         self.audit.record(self.actor, entity_type, entity_id, action, before, after)
+
+    def audit_event(
+        self, entity_type: str, action: str, before: Snapshot | None, after: Snapshot | None
+    ) -> AuditValues:
+        """An audit event by this unit of work's actor, for a repository that writes it
+        in the same statement as the row it is about (see TaskRepository.create)."""
+        return event_values(self.actor, entity_type, action, before, after)
 
     async def commit(self) -> None:
         """Commit everything the repositories did in this unit of work, audit included."""

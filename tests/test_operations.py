@@ -303,17 +303,7 @@ async def test_reads_send_their_queries_and_no_transaction(pg_url: str) -> None:
     # statement takes its own snapshot. Without them GetTask is one round trip.
     settings = Settings(database_url=pg_url, address="127.0.0.1:0")
     async with _running(settings) as (running, channel):
-        # SQLAlchemy's statements, and what asyncpg sends by itself (BEGIN, ROLLBACK).
-        sent: list[str] = []
-        engine = running.engine.sync_engine
-        event.listen(
-            engine,
-            "connect",
-            lambda connection, _record: connection.driver_connection.add_query_logger(
-                lambda logged: sent.append(logged.query)
-            ),
-        )
-        event.listen(engine, "before_cursor_execute", lambda *args: sent.append(args[2]))
+        sent = _log_sent_queries(running)
         project, task = await _project_with_task(channel)
         tasks = task_service_pb2_grpc.TaskServiceStub(channel)
         projects = project_service_pb2_grpc.ProjectServiceStub(channel)
@@ -345,6 +335,45 @@ async def test_reads_send_their_queries_and_no_transaction(pg_url: str) -> None:
         sent.clear()
         await reads["GetTask"]()
         assert len(sent) == 1, sent
+
+
+async def test_create_task_is_one_statement_between_begin_and_commit(pg_url: str) -> None:
+    # The reference check and the audit event ride in the task's INSERT.
+    settings = Settings(database_url=pg_url, address="127.0.0.1:0")
+    async with _running(settings) as (running, channel):
+        sent = _log_sent_queries(running)
+        project, _task = await _project_with_task(channel)
+        tasks = task_service_pb2_grpc.TaskServiceStub(channel)
+        request = task_service_pb2.CreateTaskRequest(
+            task=resources_pb2.Task(project_id=project.id, title="one round trip")
+        )
+        # No deadline: with one, a write also sets its statement_timeout (tested above).
+        await tasks.CreateTask(request)  # statements prepared
+        sent.clear()
+        created = await tasks.CreateTask(request)
+        words = [query.split()[0].rstrip(";").upper() for query in sent]
+        # (SQLAlchemy's listener sees the INSERT before asyncpg sends the BEGIN it needs.)
+        assert sorted(words) == ["BEGIN", "COMMIT", "WITH"], sent
+        events = await tasks.ListTaskEvents(
+            task_service_pb2.ListTaskEventsRequest(task_id=created.id), timeout=20
+        )
+        assert [event.action for event in events.events] == ["create"]
+
+
+def _log_sent_queries(running: TaskServer) -> list[str]:
+    """Every query the server sends from now on: SQLAlchemy's, and what asyncpg sends
+    by itself (BEGIN, COMMIT, ROLLBACK); the pool must not hold connections yet."""
+    sent: list[str] = []
+    engine = running.engine.sync_engine
+    event.listen(
+        engine,
+        "connect",
+        lambda connection, _record: connection.driver_connection.add_query_logger(
+            lambda logged: sent.append(logged.query)
+        ),
+    )
+    event.listen(engine, "before_cursor_execute", lambda *args: sent.append(args[2]))
+    return sent
 
 
 async def _read_stream(

@@ -13,6 +13,24 @@ from service.models import AuditEvent, utc_now
 from service.pagination import Ordering, Position
 from service.repositories.base import Page, Repository
 
+# An audit row's values; `event_values` gives all but entity_id.
+AuditValues = dict[str, Any]
+# The one INSERT of audit rows (TaskRepository's create statement embeds it too).
+INSERT_EVENTS = insert(AuditEvent.__table__)  # type: ignore[attr-defined]
+
+
+def event_values(
+    actor: str, entity_type: str, action: str, before: Snapshot | None, after: Snapshot | None
+) -> AuditValues:
+    """The values of one audit event, all but the id of the entity it is about."""
+    return {
+        "entity_type": entity_type,
+        "action": action,
+        "actor": actor,
+        "event_time": utc_now(),
+        "changes": changes(before, after),
+    }
+
 
 class AuditRepository(Repository[AuditEvent]):
     """Appends audit events for the unit of work's actor; lists an entity's history."""
@@ -35,23 +53,15 @@ class AuditRepository(Repository[AuditEvent]):
     ) -> None:
         """Queue an event; `write_pending` inserts it in the unit of work's transaction."""
         assert entity_id is not None
-        self._pending.append(
-            {
-                "entity_type": entity_type,
-                "entity_id": entity_id,
-                "action": action,
-                "actor": actor,
-                "event_time": utc_now(),
-                "changes": changes(before, after),
-            }
-        )
+        event = event_values(actor, entity_type, action, before, after)
+        self._pending.append({**event, "entity_id": entity_id})
 
     async def write_pending(self) -> None:
         """Insert the queued events: one Core INSERT, however many (no ORM flush)."""
         if not self._pending:
             return
         events, self._pending = self._pending, []
-        await self.execute_core(insert(AuditEvent.__table__), events)  # type: ignore[attr-defined]
+        await self.execute_core(INSERT_EVENTS, events)
 
     async def history(
         self,

@@ -137,9 +137,11 @@ class Repository(Generic[Entity]):
         """Run a Core INSERT/UPDATE/DELETE on the session's connection."""
         await self._run_core(statement, parameters, _discard)
 
-    async def insert_returning_id(self, statement: Executable, parameters: Parameters) -> int:
-        """Run a Core INSERT ... RETURNING id; the new id."""
-        new_id: int = await self._run_core(statement, parameters, Result.scalar_one)
+    async def insert_returning_id(
+        self, statement: Executable, parameters: Parameters
+    ) -> int | None:
+        """Run a Core INSERT ... RETURNING id; the new id (None if it inserted nothing)."""
+        new_id: int | None = await self._run_core(statement, parameters, Result.scalar_one_or_none)
         return new_id
 
     async def _run_core(

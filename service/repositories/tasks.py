@@ -23,6 +23,8 @@ from sqlalchemy import (
     insert,
     literal,
     literal_column,
+    null,
+    or_,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import selectinload
@@ -30,9 +32,10 @@ from sqlalchemy.sql.base import ExecutableOption
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from service.errors import FailedPrecondition
-from service.models import Project, Task, TaskPriority, TaskStatus, Worker
+from service.errors import Aborted, FailedPrecondition
+from service.models import AuditEvent, Project, Task, TaskPriority, TaskStatus, Worker
 from service.pagination import Ordering, Position
+from service.repositories.audit import INSERT_EVENTS, AuditValues
 from service.repositories.base import Page, Repository
 
 # TASK_VIEW_FULL: the assignee and direct subtasks, one extra SELECT each per page.
@@ -68,10 +71,46 @@ _TASKS_TABLE = Task.__table__  # type: ignore[attr-defined]
 _ROW_BY_ID = select(*(_TASKS_TABLE.c[key] for key in BASIC_KEYS)).where(
     _TASKS_TABLE.c.id == bindparam("task_id")
 )
-# CreateTask's INSERT: every column but the id, which comes back (no ORM flush).
+# CreateTask: every column but the id, inserted only if the project and the assignee
+# exist (no row otherwise): the reference check costs no round trip of its own.
 _INSERT_KEYS = tuple(column.key for column in _TASKS_TABLE.columns if not column.primary_key)
-_INSERT_TASK = insert(_TASKS_TABLE).returning(_TASKS_TABLE.c.id)
-# CreateTask's reference check: both foreign keys in one round trip.
+_PROJECT_ID = _TASKS_TABLE.c.project_id
+_ASSIGNEE_ID = _TASKS_TABLE.c.assignee_id
+_INSERT_IF_REFERENCES_EXIST = (
+    insert(_TASKS_TABLE)
+    .from_select(
+        _INSERT_KEYS,
+        select(
+            *(bindparam(key, type_=_TASKS_TABLE.c[key].type) for key in _INSERT_KEYS)
+        ).where(
+            exists().where(
+                Project.__table__.c.id  # type: ignore[attr-defined]
+                == bindparam("project_id", type_=_PROJECT_ID.type)
+            ),
+            or_(
+                bindparam("assignee_id", type_=_ASSIGNEE_ID.type).is_(null()),
+                exists().where(
+                    Worker.__table__.c.id  # type: ignore[attr-defined]
+                    == bindparam("assignee_id", type_=_ASSIGNEE_ID.type)
+                ),
+            ),
+        ),
+    )
+    .returning(_TASKS_TABLE.c.id)
+)
+# PostgreSQL: the audit event in the same statement (a data-modifying CTE), so a create
+# is one round trip between BEGIN and COMMIT. SQLite has no such CTEs: a second INSERT.
+_EVENT_KEYS = ("entity_type", "action", "actor", "event_time", "changes")
+_AUDIT_TABLE = AuditEvent.__table__  # type: ignore[attr-defined]
+_new_task = _INSERT_IF_REFERENCES_EXIST.cte("new_task")
+_INSERT_AUDITED_IF_REFERENCES_EXIST = INSERT_EVENTS.from_select(
+    ("entity_id", *_EVENT_KEYS),
+    select(
+        _new_task.c.id,
+        *(bindparam(key, type_=_AUDIT_TABLE.c[key].type) for key in _EVENT_KEYS),
+    ),
+).returning(_AUDIT_TABLE.c.entity_id)
+# Which references exist, when a create inserted nothing: one round trip.
 _REFERENCES_EXIST: Select[Any] = select(  # type: ignore[assignment]
     exists().where(Project.__table__.c.id == bindparam("project_id")),  # type: ignore[attr-defined]
     exists().where(Worker.__table__.c.id == bindparam("assignee_id")),  # type: ignore[attr-defined]
@@ -114,15 +153,37 @@ class TaskRepository(Repository[Task]):
         super().__init__(session)
         self._known_references: set[tuple[str, int]] = set()
 
-    async def insert(self, task: Task) -> Task:
-        """Insert a new task with one Core INSERT ... RETURNING id; set and return it.
+    async def create(self, task: Task, event: AuditValues) -> Task:
+        """Insert a new task and its audit event; set and return its id.
 
-        The task stays out of the session: a create needs no identity map, change
-        tracking or flush, which cost more than the INSERT's round trip.
+        FAILED_PRECONDITION if the project, assignee or parent is missing. Core
+        statements: the task stays out of the session (no identity map, change
+        tracking or flush, which cost more than the round trip).
         """
+        if task.parent_task_id is not None:
+            # The parent's checks lock it (FOR SHARE) and walk the tree: their own queries.
+            await self.check_references(task)
+        for _ in range(2):
+            new_id = await self._insert_if_references_exist(task, event)
+            if new_id is not None:
+                task.id = new_id
+                return task
+            # Nothing inserted: say which reference is missing. If none is (now), it
+            # appeared meanwhile: insert again.
+            self._known_references.clear()
+            await self._check_references(task)
+        raise Aborted("REFERENCES_CHANGED", "the task's references changed meanwhile; retry")
+
+    async def _insert_if_references_exist(self, task: Task, event: AuditValues) -> int | None:
         values = {key: getattr(task, key) for key in _INSERT_KEYS}
-        task.id = await self.insert_returning_id(_INSERT_TASK, values)
-        return task
+        if self.dialect == "postgresql":
+            return await self.insert_returning_id(
+                _INSERT_AUDITED_IF_REFERENCES_EXIST, {**values, **event}
+            )
+        new_id = await self.insert_returning_id(_INSERT_IF_REFERENCES_EXIST, values)
+        if new_id is not None:
+            await self.execute_core(INSERT_EVENTS, {**event, "entity_id": new_id})
+        return new_id
 
     async def list_page(
         self,

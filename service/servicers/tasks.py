@@ -152,10 +152,8 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         task = task_from_message(message, utc_now())
         if parent is not None:
             task.parent_task_id = parent.id
-        await uow.tasks.check_references(task)
-        await uow.tasks.insert(task)
-        uow.record("task", task.id, "create", None, task_snapshot(task))
-        return task
+        event = uow.audit_event("task", "create", None, task_snapshot(task))
+        return await uow.tasks.create(task, event)
 
     async def GetTask(self, request: pb.GetTaskRequest, context: Context) -> resources_pb2.Task:
         violations = Violations()
