@@ -80,9 +80,7 @@ _INSERT_IF_REFERENCES_EXIST = (
     insert(_TASKS_TABLE)
     .from_select(
         _INSERT_KEYS,
-        select(
-            *(bindparam(key, type_=_TASKS_TABLE.c[key].type) for key in _INSERT_KEYS)
-        ).where(
+        select(*(bindparam(key, type_=_TASKS_TABLE.c[key].type) for key in _INSERT_KEYS)).where(
             exists().where(
                 Project.__table__.c.id  # type: ignore[attr-defined]
                 == bindparam("project_id", type_=_PROJECT_ID.type)
