@@ -19,17 +19,16 @@ AuditValues = dict[str, Any]
 INSERT_EVENTS = insert(AuditEvent.__table__)  # type: ignore[attr-defined]
 
 
+# The keys event_values gives, in its order.
+EVENT_KEYS = ("entity_type", "action", "actor", "event_time", "changes")
+
+
 def event_values(
     actor: str, entity_type: str, action: str, before: Snapshot | None, after: Snapshot | None
 ) -> AuditValues:
     """The values of one audit event, all but the id of the entity it is about."""
-    return {
-        "entity_type": entity_type,
-        "action": action,
-        "actor": actor,
-        "event_time": utc_now(),
-        "changes": changes(before, after),
-    }
+    values = (entity_type, action, actor, utc_now(), changes(before, after))
+    return dict(zip(EVENT_KEYS, values, strict=True))
 
 
 class AuditRepository(Repository[AuditEvent]):

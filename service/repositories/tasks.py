@@ -35,7 +35,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from service.errors import Aborted, FailedPrecondition
 from service.models import AuditEvent, Project, Task, TaskPriority, TaskStatus, Worker
 from service.pagination import Ordering, Position
-from service.repositories.audit import INSERT_EVENTS, AuditValues
+from service.repositories.audit import EVENT_KEYS, INSERT_EVENTS, AuditValues
 from service.repositories.base import Page, Repository
 
 # TASK_VIEW_FULL: the assignee and direct subtasks, one extra SELECT each per page.
@@ -71,48 +71,40 @@ _TASKS_TABLE = Task.__table__  # type: ignore[attr-defined]
 _ROW_BY_ID = select(*(_TASKS_TABLE.c[key] for key in BASIC_KEYS)).where(
     _TASKS_TABLE.c.id == bindparam("task_id")
 )
+# Whether a task's project and assignee exist: the one definition, used by CreateTask's
+# INSERT and by the query that says which one is missing.
+_PROJECT_EXISTS = exists().where(
+    Project.__table__.c.id  # type: ignore[attr-defined]
+    == bindparam("project_id", type_=_TASKS_TABLE.c.project_id.type)
+)
+_ASSIGNEE_ID = bindparam("assignee_id", type_=_TASKS_TABLE.c.assignee_id.type)
+_ASSIGNEE_EXISTS = exists().where(Worker.__table__.c.id == _ASSIGNEE_ID)  # type: ignore[attr-defined]
+# Which references exist, when a create inserted nothing: one round trip.
+_REFERENCES_EXIST: Select[Any] = select(_PROJECT_EXISTS, _ASSIGNEE_EXISTS)  # type: ignore[assignment]
 # CreateTask: every column but the id, inserted only if the project and the assignee
 # exist (no row otherwise): the reference check costs no round trip of its own.
 _INSERT_KEYS = tuple(column.key for column in _TASKS_TABLE.columns if not column.primary_key)
-_PROJECT_ID = _TASKS_TABLE.c.project_id
-_ASSIGNEE_ID = _TASKS_TABLE.c.assignee_id
 _INSERT_IF_REFERENCES_EXIST = (
     insert(_TASKS_TABLE)
     .from_select(
         _INSERT_KEYS,
         select(*(bindparam(key, type_=_TASKS_TABLE.c[key].type) for key in _INSERT_KEYS)).where(
-            exists().where(
-                Project.__table__.c.id  # type: ignore[attr-defined]
-                == bindparam("project_id", type_=_PROJECT_ID.type)
-            ),
-            or_(
-                bindparam("assignee_id", type_=_ASSIGNEE_ID.type).is_(null()),
-                exists().where(
-                    Worker.__table__.c.id  # type: ignore[attr-defined]
-                    == bindparam("assignee_id", type_=_ASSIGNEE_ID.type)
-                ),
-            ),
+            _PROJECT_EXISTS, or_(_ASSIGNEE_ID.is_(null()), _ASSIGNEE_EXISTS)
         ),
     )
     .returning(_TASKS_TABLE.c.id)
 )
 # PostgreSQL: the audit event in the same statement (a data-modifying CTE), so a create
 # is one round trip between BEGIN and COMMIT. SQLite has no such CTEs: a second INSERT.
-_EVENT_KEYS = ("entity_type", "action", "actor", "event_time", "changes")
 _AUDIT_TABLE = AuditEvent.__table__  # type: ignore[attr-defined]
 _new_task = _INSERT_IF_REFERENCES_EXIST.cte("new_task")
 _INSERT_AUDITED_IF_REFERENCES_EXIST = INSERT_EVENTS.from_select(
-    ("entity_id", *_EVENT_KEYS),
+    ("entity_id", *EVENT_KEYS),
     select(
         _new_task.c.id,
-        *(bindparam(key, type_=_AUDIT_TABLE.c[key].type) for key in _EVENT_KEYS),
+        *(bindparam(key, type_=_AUDIT_TABLE.c[key].type) for key in EVENT_KEYS),
     ),
 ).returning(_AUDIT_TABLE.c.entity_id)
-# Which references exist, when a create inserted nothing: one round trip.
-_REFERENCES_EXIST: Select[Any] = select(  # type: ignore[assignment]
-    exists().where(Project.__table__.c.id == bindparam("project_id")),  # type: ignore[attr-defined]
-    exists().where(Worker.__table__.c.id == bindparam("assignee_id")),  # type: ignore[attr-defined]
-)
 
 
 @dataclass(frozen=True)
