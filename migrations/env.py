@@ -66,13 +66,15 @@ def _run_sync(connection: Connection) -> None:
 
 async def run_migrations_online() -> None:
     """Migrate through the same async driver the service uses."""
-    from service.database import create_engine
+    from service.database import create_engine, write_options
 
     engine = create_engine(
         Settings(database_url=_database_url(), pool_pre_ping=False), foreign_keys=False
     )
     try:
         async with engine.connect() as connection:
+            # One transaction around the migrations (PostgreSQL has transactional DDL).
+            await connection.execution_options(**write_options(engine.dialect.name))
             await connection.run_sync(_run_sync)
             await connection.commit()
     finally:

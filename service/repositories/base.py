@@ -23,6 +23,9 @@ Item = TypeVar("Item")
 T = TypeVar("T")
 # Bound parameters of one Core statement (a list: executemany).
 Parameters = dict[str, Any] | list[dict[str, Any]] | None
+# session.info key: the session holds a connection only while one of its Core
+# statements runs (read-only units of work, whose statements each autocommit).
+RELEASE_AFTER_STATEMENT = "taskservice_release_after_statement"
 
 
 @dataclass(frozen=True)
@@ -147,9 +150,9 @@ class Repository(Generic[Entity]):
     async def _run_core(
         self, statement: Executable, parameters: Parameters, consume: Callable[[Result[Any]], T]
     ) -> T:
-        # Fetching the connection, executing and consuming the result inside ONE
-        # run_sync is one greenlet hop; awaiting connection() and execute() separately
-        # costs two, measured at ~13% of a GetTask's CPU.
+        # Fetching the connection, executing and consuming the result (and, for a
+        # read-only unit of work, returning the connection) inside ONE run_sync is one
+        # greenlet hop; each extra hop costs ~10% of a GetTask's CPU (bench/README.md).
         return await self.session.run_sync(_execute_and_consume, statement, parameters, consume)
 
     async def page_rows(
@@ -190,7 +193,11 @@ class Repository(Generic[Entity]):
 def _execute_and_consume(
     session: Session, statement: Executable, parameters: Parameters, consume: Callable[[Any], T]
 ) -> T:
-    return consume(session.connection().execute(statement, parameters))
+    try:
+        return consume(session.connection().execute(statement, parameters))
+    finally:
+        if session.info.get(RELEASE_AFTER_STATEMENT):
+            session.close()
 
 
 def _discard(_result: Result[Any]) -> None:
