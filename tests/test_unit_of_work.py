@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import event, func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.database import UnitOfWork, create_engine, make_session_factory
@@ -62,3 +62,43 @@ async def test_read_only_unit_of_work_refuses_to_commit(engine: AsyncEngine) -> 
     async with UnitOfWork(make_session_factory(engine), read_only=True) as uow:
         with pytest.raises(RuntimeError, match="read-only"):
             await uow.commit()
+
+
+async def test_read_only_unit_of_work_holds_a_connection_only_while_a_statement_runs(
+    engine: AsyncEngine,
+) -> None:
+    pool = engine.pool
+    async with UnitOfWork(make_session_factory(engine), read_only=True) as uow:
+        for _ in range(2):  # the session takes a connection again for its next statement
+            row = await uow.projects.fetch_row(select(func.count()).select_from(Project), {})
+            assert row is not None
+            assert pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+async def test_writes_are_transactions_and_reads_after_them_are_not(database_url: str) -> None:
+    # PostgreSQL connections rest in AUTOCOMMIT; a unit of work that writes gets a real
+    # transaction (rolled back here), and its connection goes back to the pool resting
+    # again, so the next read sends no BEGIN.
+    engine = create_engine(Settings(database_url=database_url, pool_size=1, max_overflow=0))
+    sent: list[str] = []  # asyncpg logs what it sends by itself (BEGIN, ROLLBACK) ...
+    event.listen(engine.sync_engine, "before_cursor_execute", lambda *args: sent.append(args[2]))
+    try:
+        async with engine.connect() as connection:  # ... on the pool's one connection
+            raw = await connection.get_raw_connection()
+            if engine.dialect.name == "postgresql":
+                raw.driver_connection.add_query_logger(lambda query: sent.append(query.query))
+        factory = make_session_factory(engine)
+        name = unique("never-committed")
+        async with UnitOfWork(factory) as writer:
+            now = utc_now()
+            await writer.projects.add(Project(name=name, create_time=now, update_time=now))
+        async with UnitOfWork(factory, read_only=True) as reader:
+            statement = select(func.count()).select_from(Project).where(Project.name == name)
+            assert await reader.projects.fetch_row(statement, {}) == (0,)
+    finally:
+        await engine.dispose()
+    if engine.dialect.name == "postgresql":
+        # (asyncpg logs its own queries after they ran, so only the set is certain.)
+        words = sorted(query.split()[0].rstrip(";").upper() for query in sent)
+        assert words == ["BEGIN", "INSERT", "ROLLBACK", "SELECT"], sent
+        assert any("BEGIN ISOLATION LEVEL READ COMMITTED" in query for query in sent), sent
