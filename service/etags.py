@@ -10,8 +10,10 @@ from service.errors import Aborted
 class Versioned(Protocol):
     """An entity with an id and a version counter bumped on every write."""
 
-    id: int | None
-    version: int
+    @property
+    def id(self) -> int | None: ...
+    @property
+    def version(self) -> int: ...
 
 
 def etag_for(version: int) -> str:

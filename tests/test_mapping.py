@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, Literal
 
@@ -12,9 +13,10 @@ from service.etags import etag_of
 from service.mapping.projects import apply_project_update, project_from_message, project_to_message
 from service.mapping.tasks import (
     apply_task_update,
+    basic_task_message,
+    new_task_from_message,
     normalise_tags,
     task_filter_from,
-    task_from_message,
     task_to_message,
 )
 from service.mapping.timestamps import from_timestamp, to_timestamp
@@ -24,7 +26,7 @@ from service.mapping.workers import (
     worker_from_message,
     worker_to_message,
 )
-from service.models import Project, Task, TaskPriority, TaskStatus, Worker
+from service.models import NewTask, Project, Task, TaskPriority, TaskStatus, Worker
 from service.repositories.tasks import TaskFilter, TimeBounds
 from taskmanager.v1 import resources_pb2, task_service_pb2
 
@@ -247,10 +249,16 @@ def test_task_to_message_full_view_of_unassigned_task_has_no_assignee() -> None:
     assert list(message.subtasks) == []
 
 
-# --- tasks: message -> entity ---------------------------------------------------------------
+# --- tasks: message -> new task ---------------------------------------------------------------
 
 
-def test_task_from_message_copies_fields_and_stamps_both_times_with_now() -> None:
+def test_a_new_task_has_exactly_the_columns_of_a_stored_task() -> None:
+    # CreateTask inserts every column from a NewTask: the two cannot drift apart.
+    columns = set(Task.__table__.columns.keys())  # type: ignore[attr-defined]
+    assert {field.name for field in dataclasses.fields(NewTask)} == columns
+
+
+def test_new_task_from_message_copies_fields_and_stamps_both_times_with_now() -> None:
     message = resources_pb2.Task(
         project_id=3,
         title="  Write the report  ",
@@ -262,7 +270,7 @@ def test_task_from_message_copies_fields_and_stamps_both_times_with_now() -> Non
         parent_task_id=5,
     )
 
-    task = task_from_message(message, NOW)
+    task = new_task_from_message(message, NOW)
 
     assert task.id is None
     assert task.project_id == 3
@@ -277,22 +285,22 @@ def test_task_from_message_copies_fields_and_stamps_both_times_with_now() -> Non
     assert task.update_time == NOW
 
 
-def test_task_from_message_defaults_to_pending_and_medium() -> None:
-    task = task_from_message(resources_pb2.Task(project_id=3, title="t"), NOW)
+def test_new_task_from_message_defaults_to_pending_and_medium() -> None:
+    task = new_task_from_message(resources_pb2.Task(project_id=3, title="t"), NOW)
 
     assert task.status == TaskStatus.PENDING
     assert task.priority == TaskPriority.MEDIUM
     assert task.tags == []
 
 
-def test_task_from_message_absent_optional_ids_become_none() -> None:
-    task = task_from_message(resources_pb2.Task(project_id=3, title="t"), NOW)
+def test_new_task_from_message_absent_optional_ids_become_none() -> None:
+    task = new_task_from_message(resources_pb2.Task(project_id=3, title="t"), NOW)
 
     assert task.assignee_id is None
     assert task.parent_task_id is None
 
 
-def test_task_from_message_ignores_output_only_fields() -> None:
+def test_new_task_from_message_ignores_output_only_fields() -> None:
     message = resources_pb2.Task(
         id=99,
         project_id=3,
@@ -305,22 +313,21 @@ def test_task_from_message_ignores_output_only_fields() -> None:
         delete_time=timestamp_of(LATER),
     )
 
-    task = task_from_message(message, NOW)
+    task = new_task_from_message(message, NOW)
 
     assert task.id is None
     assert task.create_time == NOW
     assert task.update_time == NOW
     assert task.assignee_id is None
-    assert task.subtasks == []
     assert task.version == 1  # a new task starts at version 1 whatever etag was sent
     assert task.delete_time is None
     assert task.deleted_with_id is None
 
 
-def test_task_from_message_copies_tags_into_a_plain_list() -> None:
+def test_new_task_from_message_copies_tags_into_a_plain_list() -> None:
     message = resources_pb2.Task(project_id=3, title="t", tags=["x"])
 
-    task = task_from_message(message, NOW)
+    task = new_task_from_message(message, NOW)
     message.tags.append("y")
 
     assert type(task.tags) is list
@@ -331,7 +338,7 @@ def test_task_from_message_copies_tags_into_a_plain_list() -> None:
 @pytest.mark.parametrize("parent_task_id", [5, None])
 @pytest.mark.parametrize(("status", "status_number"), ALL_STATUSES)
 @pytest.mark.parametrize(("priority", "priority_number"), ALL_PRIORITIES)
-def test_task_message_entity_message_round_trip_preserves_fields(
+def test_task_message_new_task_message_round_trip_preserves_fields(
     assignee_id: int | None,
     parent_task_id: int | None,
     status: TaskStatus,
@@ -350,9 +357,9 @@ def test_task_message_entity_message_round_trip_preserves_fields(
         parent_task_id=parent_task_id,
     )
 
-    entity = task_from_message(original, CREATED)
+    entity = new_task_from_message(original, CREATED)
     entity.id = 42  # what the database assigns on insert
-    back = task_to_message(entity)
+    back = basic_task_message(entity)
 
     expected = resources_pb2.Task()
     expected.CopyFrom(original)
@@ -378,7 +385,7 @@ def test_task_entity_message_round_trip_preserves_delete_time(
     if delete_time is not None:
         assert from_timestamp(message.delete_time) == delete_time
     # delete_time is output only: a create from the message makes a live task.
-    assert task_from_message(message, NOW).delete_time is None
+    assert new_task_from_message(message, NOW).delete_time is None
 
 
 @pytest.mark.parametrize(
@@ -390,17 +397,17 @@ def test_task_entity_message_round_trip_preserves_delete_time(
         ([], []),
     ],
 )
-def test_task_message_entity_message_round_trip_stores_tags_trimmed(
+def test_task_message_new_task_message_round_trip_stores_tags_trimmed(
     given: list[str], stored: list[str]
 ) -> None:
     assert normalise_tags(given) == stored
 
-    entity = task_from_message(resources_pb2.Task(project_id=3, title="t", tags=given), CREATED)
-    back = task_to_message(entity)
+    entity = new_task_from_message(resources_pb2.Task(project_id=3, title="t", tags=given), CREATED)
+    back = basic_task_message(entity)
 
     assert entity.tags == stored
     assert list(back.tags) == stored
-    assert task_from_message(back, CREATED).tags == stored  # trimming is idempotent
+    assert new_task_from_message(back, CREATED).tags == stored  # trimming is idempotent
 
 
 def test_normalise_tags_keeps_order_case_and_inner_blanks_and_returns_a_new_list() -> None:
@@ -421,7 +428,7 @@ def test_task_entity_message_entity_round_trip_preserves_fields(
     defaults = {"assignee_id": None, "parent_task_id": None}
     original = stored_task(**{**defaults, **optional_ids})
 
-    back = task_from_message(task_to_message(original), original.create_time)
+    back = new_task_from_message(task_to_message(original), original.create_time)
 
     assert back.project_id == original.project_id
     assert back.title == original.title

@@ -9,7 +9,7 @@ from typing import Any
 from service.etags import etag_for, etag_of
 from service.mapping.timestamps import from_timestamp_ceil, to_timestamp
 from service.mapping.workers import worker_to_message
-from service.models import Task, TaskPriority, TaskStatus
+from service.models import NewTask, Task, TaskFields, TaskPriority, TaskStatus
 from service.repositories.tasks import TaskFilter, TimeBounds
 from taskmanager.v1 import resources_pb2, task_service_pb2
 
@@ -36,6 +36,18 @@ def task_to_message(
     task: Task, view: resources_pb2.TaskView.ValueType = resources_pb2.TASK_VIEW_BASIC
 ) -> resources_pb2.Task:
     """The API form of a stored task; FULL adds the (eagerly loaded) assignee and subtasks."""
+    message = basic_task_message(task)
+    if view == resources_pb2.TASK_VIEW_FULL:
+        if task.assignee is not None:
+            message.assignee.CopyFrom(worker_to_message(task.assignee))
+        message.subtasks.extend(
+            task_to_message(subtask) for subtask in task.subtasks if subtask.delete_time is None
+        )
+    return message
+
+
+def basic_task_message(task: TaskFields) -> resources_pb2.Task:
+    """The BASIC view of a task's columns (a stored Task, or a NewTask once inserted)."""
     message = resources_pb2.Task(
         id=task.id or 0,
         project_id=task.project_id,
@@ -52,12 +64,6 @@ def task_to_message(
     to_timestamp(task.update_time, message.update_time)
     if task.delete_time is not None:
         to_timestamp(task.delete_time, message.delete_time)
-    if view == resources_pb2.TASK_VIEW_FULL:
-        if task.assignee is not None:
-            message.assignee.CopyFrom(worker_to_message(task.assignee))
-        message.subtasks.extend(
-            task_to_message(subtask) for subtask in task.subtasks if subtask.delete_time is None
-        )
     return message
 
 
@@ -101,9 +107,9 @@ def _set_times(message: resources_pb2.Task, row: Sequence[Any]) -> None:
         to_timestamp(row[12], message.delete_time)
 
 
-def task_from_message(message: resources_pb2.Task, now: datetime) -> Task:
-    """A new entity from a create request: defaults PENDING and MEDIUM; output-only ignored."""
-    return Task(
+def new_task_from_message(message: resources_pb2.Task, now: datetime) -> NewTask:
+    """A new task from a create request: defaults PENDING and MEDIUM; output-only ignored."""
+    return NewTask(
         project_id=message.project_id,
         title=message.title.strip(),
         description=message.description,

@@ -33,7 +33,16 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from service.errors import Aborted, FailedPrecondition
-from service.models import AuditEvent, Project, Task, TaskPriority, TaskStatus, Worker
+from service.models import (
+    AuditEvent,
+    NewTask,
+    Project,
+    Task,
+    TaskFields,
+    TaskPriority,
+    TaskStatus,
+    Worker,
+)
 from service.pagination import Ordering, Position
 from service.repositories.audit import EVENT_KEYS, INSERT_EVENTS, AuditValues
 from service.repositories.base import Page, Repository
@@ -143,12 +152,12 @@ class TaskRepository(Repository[Task]):
         super().__init__(session)
         self._known_references: set[tuple[str, int]] = set()
 
-    async def create(self, task: Task, event: AuditValues) -> Task:
-        """Insert a new task and its audit event; set and return its id.
+    async def create(self, task: NewTask, event: AuditValues) -> NewTask:
+        """Insert a new task and its audit event; set its id and return it.
 
         FAILED_PRECONDITION if the project, assignee or parent is missing. Core
-        statements: the task stays out of the session (no identity map, change
-        tracking or flush, which cost more than the round trip).
+        statements: no entity, no session state (identity map, change tracking and
+        flush cost more than the round trip).
         """
         if task.parent_task_id is not None:
             # The parent's checks lock it (FOR SHARE) and walk the tree: their own queries.
@@ -164,7 +173,7 @@ class TaskRepository(Repository[Task]):
             await self._check_references(task)
         raise Aborted("REFERENCES_CHANGED", "the task's references changed meanwhile; retry")
 
-    async def _insert_if_references_exist(self, task: Task, event: AuditValues) -> int | None:
+    async def _insert_if_references_exist(self, task: NewTask, event: AuditValues) -> int | None:
         values = {key: getattr(task, key) for key in _INSERT_KEYS}
         if self.dialect == "postgresql":
             return await self.insert_returning_id(
@@ -258,14 +267,14 @@ class TaskRepository(Repository[Task]):
             )
         )
 
-    async def check_references(self, task: Task) -> None:
+    async def check_references(self, task: TaskFields) -> None:
         """FAILED_PRECONDITION unless project, assignee and parent exist and fit."""
         # No autoflush: a pending change (a new parent) must not reach the database
         # before it is checked, or a foreign key or the cycle walk would see it first.
         with self.session.no_autoflush:
             await self._check_references(task)
 
-    async def _check_references(self, task: Task) -> None:
+    async def _check_references(self, task: TaskFields) -> None:
         project_exists, assignee_exists = await self._references_exist(
             task.project_id, task.assignee_id
         )
@@ -309,7 +318,7 @@ class TaskRepository(Repository[Task]):
             assignee_id is None or ("worker", assignee_id) in self._known_references,
         )
 
-    async def _check_parent(self, task: Task) -> None:
+    async def _check_parent(self, task: TaskFields) -> None:
         assert task.parent_task_id is not None
         # FOR SHARE: a concurrent DeleteTask of the parent (FOR UPDATE) finishes first,
         # and the parent is then seen deleted; a concurrent create/move under it waits.

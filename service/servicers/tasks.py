@@ -22,12 +22,13 @@ from service.mapping.audit import event_to_message, task_snapshot
 from service.mapping.tasks import (
     add_task_rows,
     apply_task_update,
+    basic_task_message,
+    new_task_from_message,
     task_filter_from,
-    task_from_message,
     task_row_to_message,
     task_to_message,
 )
-from service.models import AuditEvent, Task, utc_now
+from service.models import AuditEvent, NewTask, Task, utc_now
 from service.pagination import PageRequest, Pagination, Position, int_field, text_field, time_field
 from service.repositories.base import Page
 from service.repositories.tasks import FULL_VIEW, TaskFilter, parent_deleted
@@ -120,7 +121,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         async with self.deps.unit_of_work(context) as uow:
 
             async def create() -> resources_pb2.Task:
-                return task_to_message(await self._create(uow, request.task))
+                return basic_task_message(await self._create(uow, request.task))
 
             return await create_once(uow, "CreateTask", request, resources_pb2.Task, create)
 
@@ -131,7 +132,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         async with self.deps.unit_of_work(context) as uow:
 
             async def create_all() -> pb.BatchCreateTasksResponse:
-                created: list[Task] = []
+                created: list[NewTask] = []
                 for index, item in enumerate(request.requests):
                     parent = (
                         created[item.batch_parent_index]
@@ -140,16 +141,16 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
                     )
                     with at_index(index):
                         created.append(await self._create(uow, item.task, parent))
-                return pb.BatchCreateTasksResponse(tasks=[task_to_message(t) for t in created])
+                return pb.BatchCreateTasksResponse(tasks=[basic_task_message(t) for t in created])
 
             return await create_once(
                 uow, "BatchCreateTasks", request, pb.BatchCreateTasksResponse, create_all
             )
 
     async def _create(
-        self, uow: UnitOfWork, message: resources_pb2.Task, parent: Task | None = None
-    ) -> Task:
-        task = task_from_message(message, utc_now())
+        self, uow: UnitOfWork, message: resources_pb2.Task, parent: NewTask | None = None
+    ) -> NewTask:
+        task = new_task_from_message(message, utc_now())
         if parent is not None:
             task.parent_task_id = parent.id
         event = uow.audit_event("task", "create", None, task_snapshot(task))
