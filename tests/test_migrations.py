@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -139,6 +140,19 @@ async def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Asyn
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'migrations.db'}"
         return
+    async with _empty_postgres_database() as url:
+        yield url
+
+
+@pytest.fixture
+async def empty_postgres_database() -> AsyncIterator[str]:
+    """A brand-new, empty PostgreSQL database of this test's own."""
+    async with _empty_postgres_database() as url:
+        yield url
+
+
+@asynccontextmanager
+async def _empty_postgres_database() -> AsyncIterator[str]:
     url, dsn = _admin_dsn()
     admin = await asyncpg.connect(dsn, timeout=10)
     name = f"taskservice_migrations_{uuid.uuid4().hex[:12]}"
@@ -337,11 +351,11 @@ async def test_check_detects_drift(empty_database: str) -> None:
     assert "ix_tasks_title_id" in str(raised.value.diffs)
 
 
-async def test_migrations_run_in_one_transaction_on_postgres(empty_database: str) -> None:
+async def test_migrations_run_in_one_transaction_on_postgres(
+    empty_postgres_database: str,
+) -> None:
     # The service's engine rests in AUTOCOMMIT; migrations ask for a transaction, so a
     # failing step leaves the schema as it was (PostgreSQL has transactional DDL).
-    if not empty_database.startswith("postgresql"):
-        pytest.skip("SQLite: Alembic's batch mode, not one transaction")
     sent: list[str] = []  # what asyncpg sends by itself: BEGIN, COMMIT, ROLLBACK
 
     def log_queries(connection: object, _record: object) -> None:
@@ -351,7 +365,7 @@ async def test_migrations_run_in_one_transaction_on_postgres(empty_database: str
 
     event.listen(Pool, "connect", log_queries)
     try:
-        await upgrade(empty_database)
+        await upgrade(empty_postgres_database)
     finally:
         event.remove(Pool, "connect", log_queries)
     # asyncpg logs what it sends by itself: the transaction around all of the DDL.
