@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from bench.__main__ import split_command
-from bench.perf import h2load, wrk
+from bench.perf import h2load, usage, wrk
 from bench.perf.calls import HttpRequest, grpc_frame, spread
 from bench.perf.results import LABELS
 from bench.readme import read_sections, write_section
@@ -177,3 +177,13 @@ def test_readme_sections_are_replaced_one_at_a_time(tmp_path: Path) -> None:
         "pagination": "## Pagination\nnew",
         "perf": "## Perf\nfirst",
     }
+
+
+def test_postgres_cpu_counts_backends_that_start_and_not_the_past_of_those_that_exit() -> None:
+    def at(wall: float, postgres: dict[int, float]) -> usage.Snapshot:
+        return usage.Snapshot(wall, 0.0, postgres, 0.0, 0.0, 0.0)
+
+    # pid 1 (postmaster) used 1 s, pid 2 exited with 50 s behind it, pid 3 started: 2 s.
+    used = usage.between(at(0.0, {1: 10.0, 2: 50.0}), at(10.0, {1: 11.0, 3: 2.0}))
+
+    assert used.postgres == pytest.approx(0.3)

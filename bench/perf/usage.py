@@ -30,7 +30,7 @@ class Snapshot:
 
     wall: float
     server: float
-    postgres: float
+    postgres: dict[int, float]  # CPU seconds of each live `postgres` process, by pid
     children: float
     machine_busy: float
     machine_total: float
@@ -85,7 +85,12 @@ def between(before: Snapshot, after: Snapshot) -> Usage:
     total = after.machine_total - before.machine_total
     busy = after.machine_busy - before.machine_busy
     server = (after.server - before.server) / wall
-    postgres = max(0.0, after.postgres - before.postgres) / wall  # < 0: a backend exited
+    # Per process: a backend that exits meanwhile (say, of the server stopped just
+    # before) must not take its whole past CPU time off the sum; one that starts counts.
+    postgres = (
+        sum(seconds - before.postgres.get(pid, 0.0) for pid, seconds in after.postgres.items())
+        / wall
+    )
     generator = (after.children - before.children) / wall
     busy_cores = busy / os.sysconf("SC_CLK_TCK") / wall
     return Usage(
@@ -111,18 +116,19 @@ async def wait_for_quiet(max_seconds: float, quiet_seconds: int = 3) -> float:
     return waited
 
 
-def postgres_cpu_seconds() -> float:
-    """CPU time of every live `postgres` process (backends that exit meanwhile are lost)."""
-    total = 0.0
+def postgres_cpu_seconds() -> dict[int, float]:
+    """CPU time of every live `postgres` process, by pid (what a backend that exits
+    before the next snapshot used after this one is lost)."""
+    seconds: dict[int, float] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             if (entry / "comm").read_text().strip() == "postgres":
-                total += cpu_seconds(int(entry.name))
+                seconds[int(entry.name)] = cpu_seconds(int(entry.name))
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
-    return total
+    return seconds
 
 
 def _machine_jiffies() -> tuple[float, float]:
