@@ -246,7 +246,7 @@ class NewTask:
 
     CreateTask writes it with one Core INSERT and never puts it in a session, so it
     needs no ORM entity, whose construction (SQLModel and SQLAlchemy bookkeeping on
-    every attribute) cost ~8% of a create's server CPU under load (bench/README.md).
+    every attribute) cost ~9% of a create's server CPU under the perf bench's load.
     """
 
     project_id: int

@@ -152,7 +152,7 @@ class Repository(Generic[Entity]):
     ) -> T:
         # Fetching the connection, executing and consuming the result (and, for a
         # read-only unit of work, returning the connection) inside ONE run_sync is one
-        # greenlet hop; each extra hop costs ~10% of a GetTask's CPU (bench/README.md).
+        # greenlet hop; each extra hop cost ~10% of a GetTask's CPU (measured in-process).
         return await self.session.run_sync(_execute_and_consume, statement, parameters, consume)
 
     async def page_rows(
