@@ -38,8 +38,8 @@ class Settings(BaseSettings):
     )
     pool_pre_ping: bool = Field(
         default=False,
-        description="Check EVERY pooled connection before use (3 extra statements per RPC "
-        "on asyncpg); pool_ping_after_idle usually suffices.",
+        description="Check EVERY pooled connection before use (an extra round trip per "
+        "RPC); pool_ping_after_idle usually suffices.",
     )
     pool_ping_after_idle: float = Field(
         default=10.0,
