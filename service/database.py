@@ -66,10 +66,11 @@ def ping_idle_connections(engine: AsyncEngine, idle_seconds: float) -> None:
     """Ping a pooled connection at checkout only if it sat idle `idle_seconds`.
 
     Per-checkout pre-ping costs a round trip per RPC (`;` on our connections resting
-    in AUTOCOMMIT; BEGIN, ping, ROLLBACK on asyncpg otherwise). Busy connections are used again within moments; a connection that
-    dies while busy fails its statement, SQLAlchemy invalidates the pool, the RPC
-    gets UNAVAILABLE (retryable) and the next checkouts reconnect. Idle connections
-    are the ones a database restart or an idle timeout silently kills: ping those.
+    in AUTOCOMMIT; BEGIN, ping, ROLLBACK on asyncpg otherwise). Busy connections are
+    used again within moments; a connection that dies while busy fails its statement,
+    SQLAlchemy invalidates the pool, the RPC gets UNAVAILABLE (retryable) and the next
+    checkouts reconnect. Idle connections are the ones a database restart or an idle
+    timeout silently kills: ping those.
     """
     sync_engine = engine.sync_engine
 
