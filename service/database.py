@@ -218,8 +218,9 @@ class UnitOfWork:
 
     With a `deadline` (time.monotonic()), every transaction it begins on PostgreSQL gets
     a statement_timeout of the time left, so abandoned queries do not outlive the call.
-    `read_only` units of work never commit and run their reads outside a transaction,
-    each statement on a connection held only while it runs.
+    `read_only` units of work never commit and run their reads outside a transaction;
+    their Core statements hold a connection only while they run (ORM loads, such as the
+    FULL view, keep theirs until the unit of work ends).
     """
 
     def __init__(

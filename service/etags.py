@@ -10,10 +10,8 @@ from service.errors import Aborted
 class Versioned(Protocol):
     """An entity with an id and a version counter bumped on every write."""
 
-    @property
-    def id(self) -> int | None: ...
-    @property
-    def version(self) -> int: ...
+    id: int | None
+    version: int
 
 
 def etag_for(version: int) -> str:

@@ -5,7 +5,7 @@
 import enum
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Optional, Protocol
+from typing import Any, Optional
 
 from sqlalchemy import (
     JSON,
@@ -209,37 +209,6 @@ class Task(SQLModel, table=True):
     )
 
 
-class TaskFields(Protocol):
-    """The columns of a task, stored (Task) or about to be (NewTask)."""
-
-    @property
-    def id(self) -> int | None: ...
-    @property
-    def project_id(self) -> int: ...
-    @property
-    def title(self) -> str: ...
-    @property
-    def description(self) -> str: ...
-    @property
-    def status(self) -> TaskStatus: ...
-    @property
-    def priority(self) -> TaskPriority: ...
-    @property
-    def tags(self) -> list[str]: ...
-    @property
-    def assignee_id(self) -> int | None: ...
-    @property
-    def parent_task_id(self) -> int | None: ...
-    @property
-    def create_time(self) -> datetime: ...
-    @property
-    def update_time(self) -> datetime: ...
-    @property
-    def version(self) -> int: ...
-    @property
-    def delete_time(self) -> datetime | None: ...
-
-
 @dataclass(slots=True)
 class NewTask:
     """A task about to be inserted, as plain column values (every column of Task).
@@ -263,6 +232,11 @@ class NewTask:
     version: int = 1
     delete_time: datetime | None = None
     deleted_with_id: int | None = None
+
+
+# A stored task or one about to be inserted: what snapshots, BASIC messages and the
+# reference checks read (the columns both have).
+AnyTask = Task | NewTask
 
 
 class IdempotencyKey(SQLModel, table=True):

@@ -8,7 +8,7 @@ from typing import Any
 from google.protobuf import struct_pb2
 
 from service.mapping.timestamps import to_timestamp
-from service.models import AuditEvent, Project, TaskFields, Worker
+from service.models import AnyTask, AuditEvent, Project, Worker
 from taskmanager.v1 import resources_pb2
 
 Snapshot = dict[str, Any]
@@ -22,7 +22,7 @@ def _json(value: Any) -> Any:
     return value
 
 
-def task_snapshot(task: TaskFields) -> Snapshot:
+def task_snapshot(task: AnyTask) -> Snapshot:
     """The audited fields of a task, as JSON values."""
     fields = ("project_id", "title", "description", "status", "priority", "tags")
     snapshot = {name: _json(getattr(task, name)) for name in fields}

@@ -9,7 +9,7 @@ from typing import Any
 from service.etags import etag_for, etag_of
 from service.mapping.timestamps import from_timestamp_ceil, to_timestamp
 from service.mapping.workers import worker_to_message
-from service.models import NewTask, Task, TaskFields, TaskPriority, TaskStatus
+from service.models import AnyTask, NewTask, Task, TaskPriority, TaskStatus
 from service.repositories.tasks import TaskFilter, TimeBounds
 from taskmanager.v1 import resources_pb2, task_service_pb2
 
@@ -46,7 +46,7 @@ def task_to_message(
     return message
 
 
-def basic_task_message(task: TaskFields) -> resources_pb2.Task:
+def basic_task_message(task: AnyTask) -> resources_pb2.Task:
     """The BASIC view of a task's columns (a stored Task, or a NewTask once inserted)."""
     message = resources_pb2.Task(
         id=task.id or 0,

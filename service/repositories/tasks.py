@@ -34,11 +34,11 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from service.errors import Aborted, FailedPrecondition
 from service.models import (
+    AnyTask,
     AuditEvent,
     NewTask,
     Project,
     Task,
-    TaskFields,
     TaskPriority,
     TaskStatus,
     Worker,
@@ -267,14 +267,14 @@ class TaskRepository(Repository[Task]):
             )
         )
 
-    async def check_references(self, task: TaskFields) -> None:
+    async def check_references(self, task: AnyTask) -> None:
         """FAILED_PRECONDITION unless project, assignee and parent exist and fit."""
         # No autoflush: a pending change (a new parent) must not reach the database
         # before it is checked, or a foreign key or the cycle walk would see it first.
         with self.session.no_autoflush:
             await self._check_references(task)
 
-    async def _check_references(self, task: TaskFields) -> None:
+    async def _check_references(self, task: AnyTask) -> None:
         project_exists, assignee_exists = await self._references_exist(
             task.project_id, task.assignee_id
         )
@@ -318,7 +318,7 @@ class TaskRepository(Repository[Task]):
             assignee_id is None or ("worker", assignee_id) in self._known_references,
         )
 
-    async def _check_parent(self, task: TaskFields) -> None:
+    async def _check_parent(self, task: AnyTask) -> None:
         assert task.parent_task_id is not None
         # FOR SHARE: a concurrent DeleteTask of the parent (FOR UPDATE) finishes first,
         # and the parent is then seen deleted; a concurrent create/move under it waits.

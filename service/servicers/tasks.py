@@ -314,7 +314,8 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         check_id(violations, "task_id", request.task_id)
         page_request = LIST_TASK_EVENTS.read(request, self.deps.page_tokens, violations)
         async with self.deps.unit_of_work(context, read_only=True) as uow:
-            await uow.tasks.get(request.task_id)
+            if not await uow.tasks.exists(request.task_id):
+                raise uow.tasks.not_found(request.task_id)
             page = await uow.audit.history(
                 "task",
                 request.task_id,
