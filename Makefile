@@ -104,4 +104,4 @@ examples/node/node_modules/.package-lock.json: examples/node/package.json exampl
 	cd examples/node && npm ci --ignore-scripts --no-audit --no-fund
 
 docs: install
-	$(PY) -m service.settings_table README.md
+	$(PY) -m service.runtime.settings_table README.md

@@ -16,7 +16,7 @@ from alembic.script import ScriptDirectory
 
 from bench.config import DatabaseConfig
 from bench.seed import seed
-from service.migrate import alembic_config, upgrade
+from service.storage.migrate import alembic_config, upgrade
 
 TABLES_REVISION = "0001"
 

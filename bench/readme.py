@@ -79,7 +79,7 @@ own (`taskservice_bench_smoke_<random>`) and drops it.
 ### How it measures
 
 - **Seeding.** The bench creates its own database and migrates it with
-  Alembic (`service.migrate.upgrade`, the only schema path): first to 0001
+  Alembic (`service.storage.migrate.upgrade`, the only schema path): first to 0001
   (tables), then the rows go in by binary `COPY` (asyncpg
   `copy_records_to_table`, 50,000 rows a batch), then `upgrade head` builds the
   0002 keyset and GIN indexes on the loaded table (and applies every later

@@ -11,8 +11,8 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel
 
-from service import models  # noqa: F401  (registers the tables on SQLModel.metadata)
 from service.settings import Settings, normalise_database_url
+from service.storage import models  # noqa: F401  (registers the tables on SQLModel.metadata)
 
 config = context.config
 # Only configure logging when run from the alembic CLI: the server and the
@@ -66,7 +66,7 @@ def _run_sync(connection: Connection) -> None:
 
 async def run_migrations_online() -> None:
     """Migrate through the same async driver the service uses."""
-    from service.database import create_engine, write_options
+    from service.storage.database import create_engine, write_options
 
     engine = create_engine(
         Settings(database_url=_database_url(), pool_pre_ping=False), foreign_keys=False

@@ -11,9 +11,9 @@ from typing import Any, get_origin
 
 from pydantic import ValidationError
 
-from service.logs import configure_logging
+from service.runtime.logs import configure_logging
+from service.runtime.settings_table import flag_help
 from service.settings import Settings
-from service.settings_table import flag_help
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -76,18 +76,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve" and settings.workers > 1:
         return _supervise(settings)
     if args.command == "migrate" or settings.migrate:
-        from service.migrate import upgrade
+        from service.storage.migrate import upgrade
 
         upgrade(settings.database_url)
         if args.command == "migrate":
             return 0
     if args.command == "purge":
-        from service.purge import purge
+        from service.storage.purge import purge
 
         asyncio.run(purge(settings))
         return 0
-    from service import event_loop
-    from service.server import PortInUse, serve
+    from service.runtime import event_loop
+    from service.runtime.server import PortInUse, serve
 
     try:
         event_loop.run(settings, serve(settings))
@@ -102,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _supervise(settings: Settings) -> int:
     """Serve from several processes; this one must not import grpc (see supervisor.py)."""
-    from service.supervisor import ConfigurationError, supervise
+    from service.runtime.supervisor import ConfigurationError, supervise
 
     try:
         return supervise(settings)

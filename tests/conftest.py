@@ -19,9 +19,9 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import migrate
-from service.server import TaskServer, start_server
+from service.runtime.server import TaskServer, start_server
 from service.settings import Settings, normalise_database_url
+from service.storage import migrate
 from taskmanager.v1 import (
     project_service_pb2,
     project_service_pb2_grpc,

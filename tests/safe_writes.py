@@ -11,8 +11,8 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from sqlalchemy import func
 from sqlmodel import col, select
 
-from service.models import AuditEvent
-from service.server import TaskServer
+from service.runtime.server import TaskServer
+from service.storage.models import AuditEvent
 from taskmanager.v1 import (
     project_service_pb2,
     project_service_pb2_grpc,

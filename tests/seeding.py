@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from service.models import Task, utc_now
-from service.server import TaskServer
+from service.runtime.server import TaskServer
+from service.storage.models import Task, utc_now
 
 
 async def seed_tasks(server: TaskServer, project_id: int, count: int, **fields: Any) -> list[int]:

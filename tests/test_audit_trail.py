@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 import pytest
 
-from service.server import TaskServer
+from service.runtime.server import TaskServer
 from taskmanager.v1 import (
     project_service_pb2,
     resources_pb2,

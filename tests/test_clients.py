@@ -15,7 +15,7 @@ import google.api
 import grpc
 import pytest
 
-from service.server import TaskServer, start_server
+from service.runtime.server import TaskServer, start_server
 from service.settings import Settings
 from taskmanager.v1 import task_service_pb2, task_service_pb2_grpc
 

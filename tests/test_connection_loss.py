@@ -16,9 +16,9 @@ import grpc
 import pytest
 from sqlalchemy.engine import make_url
 
-from service import migrate
-from service.server import TaskServer, start_server
+from service.runtime.server import TaskServer, start_server
 from service.settings import Settings
+from service.storage import migrate
 from taskmanager.v1 import project_service_pb2, task_service_pb2, task_service_pb2_grpc
 from taskmanager.v1 import project_service_pb2_grpc as project_grpc
 from tests.conftest import _admin_dsn

@@ -22,7 +22,7 @@ from typing import Any
 import google.api
 import pytest
 
-from service.server import TaskServer, start_server
+from service.runtime.server import TaskServer, start_server
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

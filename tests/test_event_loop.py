@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from service.event_loop import loop_factory, run
+from service.runtime.event_loop import loop_factory, run
 from service.settings import Settings
 
 

@@ -15,9 +15,9 @@ from typing import Any
 import grpc
 import pytest
 
-from service import migrate
-from service.server import TaskServer, start_server
+from service.runtime.server import TaskServer, start_server
 from service.settings import Settings
+from service.storage import migrate
 from taskmanager.v1 import (
     project_service_pb2,
     project_service_pb2_grpc,

@@ -1,4 +1,4 @@
-"""Unit tests of service/mapping: protobuf messages <-> entities, no server, no database."""
+"""Unit tests of service/api/mapping: protobuf messages <-> entities, no server, no database."""
 
 from __future__ import annotations
 
@@ -9,9 +9,12 @@ from typing import Any, Literal
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from service.etags import etag_of
-from service.mapping.projects import apply_project_update, project_from_message, project_to_message
-from service.mapping.tasks import (
+from service.api.mapping.projects import (
+    apply_project_update,
+    project_from_message,
+    project_to_message,
+)
+from service.api.mapping.tasks import (
     apply_task_update,
     basic_task_message,
     new_task_from_message,
@@ -19,15 +22,16 @@ from service.mapping.tasks import (
     task_filter_from,
     task_to_message,
 )
-from service.mapping.timestamps import from_timestamp, to_timestamp
-from service.mapping.workers import (
+from service.api.mapping.timestamps import from_timestamp, to_timestamp
+from service.api.mapping.workers import (
     apply_worker_update,
     normalise_email,
     worker_from_message,
     worker_to_message,
 )
-from service.models import NewTask, Project, Task, TaskPriority, TaskStatus, Worker
-from service.repositories.tasks import TaskFilter, TimeBounds
+from service.storage.etags import etag_of
+from service.storage.models import NewTask, Project, Task, TaskPriority, TaskStatus, Worker
+from service.storage.repositories.tasks import TaskFilter, TimeBounds
 from taskmanager.v1 import resources_pb2, task_service_pb2
 
 CREATED = datetime(2024, 2, 29, 23, 59, 58, 123456, tzinfo=UTC)

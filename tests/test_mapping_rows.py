@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from service.mapping.tasks import add_task_rows, task_to_message
-from service.models import Task, TaskPriority, TaskStatus
-from service.repositories.tasks import BASIC_KEYS
+from service.api.mapping.tasks import add_task_rows, task_to_message
+from service.storage.models import Task, TaskPriority, TaskStatus
+from service.storage.repositories.tasks import BASIC_KEYS
 from taskmanager.v1 import task_service_pb2
 
 CREATED = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)

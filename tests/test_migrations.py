@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import Pool
 
-from service import migrate
+from service.storage import migrate
 from tests.conftest import _admin_dsn
 
 # 0001: the three resource tables.

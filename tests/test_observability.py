@@ -21,8 +21,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.logs import JsonFormatter, TextFormatter, current_request_id
-from service.server import PortInUse, TaskServer, start_server
+from service.runtime.logs import JsonFormatter, TextFormatter, current_request_id
+from service.runtime.server import PortInUse, TaskServer, start_server
 from service.settings import Settings
 from taskmanager.v1 import (
     project_service_pb2,
@@ -38,7 +38,7 @@ from tests.seeding import seed_tasks
 TIMEOUT = 20.0  # bound on anything we wait for; never a fixed delay
 TASK_SERVICE = "taskmanager.v1.TaskService"
 HEALTH_SERVICE = "grpc.health.v1.Health"
-RPC_LOGGER = "service.observability"
+RPC_LOGGER = "service.runtime.observability"
 MISSING_ID = 10**12
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

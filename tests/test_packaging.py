@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from service.__main__ import _parser
+from service.runtime.settings_table import BEGIN, END, env_name, render_table, replace_table
 from service.settings import Settings
-from service.settings_table import BEGIN, END, env_name, render_table, replace_table
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -107,7 +107,7 @@ def test_wheel_contains_the_service_the_stubs_and_the_migrations(wheel: Path) ->
         "taskmanager/v1/task_service_pb2_grpc.py",
         "taskmanager/v1/resources_pb2.pyi",
         "service/__main__.py",
-        "service/server.py",
+        "service/runtime/server.py",
         "service/settings.py",
         "service/alembic/alembic.ini",
         "service/alembic/migrations/env.py",

@@ -58,8 +58,8 @@ from hypothesis.stateful import (
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.models import AuditEvent, Project, Task, Worker
-from service.server import TaskServer
+from service.runtime.server import TaskServer
+from service.storage.models import AuditEvent, Project, Task, Worker
 from taskmanager.v1 import (
     project_service_pb2,
     project_service_pb2_grpc,

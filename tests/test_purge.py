@@ -7,8 +7,8 @@ from datetime import timedelta
 
 import grpc
 
-from service.purge import purge
 from service.settings import Settings
+from service.storage.purge import purge
 from taskmanager.v1 import resources_pb2, task_service_pb2
 from tests.conftest import create_task
 from tests.rpc_errors import expect_failure

@@ -16,10 +16,10 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from service.auth import load_tokens
-from service.server import TaskServer, start_server
+from service.runtime.auth import load_tokens
+from service.runtime.server import TaskServer, start_server
+from service.runtime.transport import server_credentials, server_options
 from service.settings import Settings
-from service.transport import server_credentials, server_options
 from taskmanager.v1 import (
     project_service_pb2,
     project_service_pb2_grpc,
@@ -229,7 +229,7 @@ async def test_plaintext_on_a_non_loopback_address_is_warned_about(
     warned: bool,
 ) -> None:
     settings = tls_settings(pki) if tls else {}
-    with caplog.at_level(logging.WARNING, logger="service.transport"):
+    with caplog.at_level(logging.WARNING, logger="service.runtime.transport"):
         async with running(database_url, address=address, **settings):
             pass
     warnings = [r for r in caplog.records if "PLAINTEXT" in r.getMessage()]

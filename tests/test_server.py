@@ -24,10 +24,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from sqlalchemy.engine import make_url
 
-from service import migrate
 from service.__main__ import _parser, load_settings
-from service.server import SERVICE_NAMES, PortInUse, TaskServer, start_server
+from service.runtime.server import SERVICE_NAMES, PortInUse, TaskServer, start_server
 from service.settings import Settings, normalise_database_url
+from service.storage import migrate
 from taskmanager.v1 import (
     project_service_pb2,
     project_service_pb2_grpc,

@@ -11,9 +11,9 @@ import grpc
 import pytest
 from sqlalchemy.engine import make_url
 
-from service import migrate
-from service.server import start_server
+from service.runtime.server import start_server
 from service.settings import Settings
+from service.storage import migrate
 from taskmanager.v1 import project_service_pb2_grpc, resources_pb2, task_service_pb2_grpc
 from tests.conftest import create_task
 from tests.rpc_errors import expect_failure

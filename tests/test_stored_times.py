@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from service.database import UnitOfWork, make_session_factory
-from service.server import TaskServer
+from service.runtime.server import TaskServer
+from service.storage.database import UnitOfWork, make_session_factory
 from taskmanager.v1 import resources_pb2, task_service_pb2_grpc
 from tests.conftest import create_task
 

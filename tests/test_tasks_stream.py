@@ -7,7 +7,7 @@ import asyncio
 import grpc
 import pytest
 
-from service.server import TaskServer, start_server
+from service.runtime.server import TaskServer, start_server
 from service.settings import Settings
 from taskmanager.v1 import resources_pb2, task_service_pb2, task_service_pb2_grpc
 from tests.conftest import create_task, wait_until

@@ -9,10 +9,10 @@ import pytest
 from sqlalchemy import event, func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.database import UnitOfWork, create_engine, make_session_factory
-from service.models import Project, utc_now
-from service.server import TaskServer
+from service.runtime.server import TaskServer
 from service.settings import Settings
+from service.storage.database import UnitOfWork, create_engine, make_session_factory
+from service.storage.models import Project, utc_now
 from tests.conftest import unique, wait_until
 
 WAIT = 10.0

@@ -125,7 +125,7 @@ generator, `--load-generator python` forces that.
   polling thread.
   Sync SQLAlchemy code runs in greenlets, which py-spy shows as separate stacks,
   so inclusive shares of service functions leave that part out.
-- **Statements per call.** TaskService (`service.server.start_server`) and the
+- **Statements per call.** TaskService (`service.runtime.server.start_server`) and the
   REST peer (`make_app`) also run inside the bench process once, after the
   load runs, with listeners on their engines: SQLAlchemy's
   `before_cursor_execute` plus asyncpg's query logger (which sees what the

@@ -2,7 +2,7 @@
 
 Throughput hides why a call is slow; the statement count does not, and it does
 not depend on the machine. TaskService and the REST peer run in this process
-for this (the real server code, `service.server.start_server`, and the peer's
+for this (the real server code, `service.runtime.server.start_server`, and the peer's
 `make_app`), so their engines can be watched: every statement SQLAlchemy
 executes (`before_cursor_execute`) plus what asyncpg sends by itself (asyncpg's
 query logger: the pre-ping's `BEGIN; ;  ROLLBACK`, transaction BEGIN/COMMIT/
@@ -100,7 +100,7 @@ def kind(statement: str) -> str:
 
 async def count_service(url: str, calls: dict[str, GrpcCall]) -> list[StatementCount]:
     """Statements per call of TaskService RPCs (label -> call), first request variant."""
-    from service.server import start_server
+    from service.runtime.server import start_server
     from service.settings import Settings
 
     settings = Settings(database_url=url, address="127.0.0.1:0", log_level="WARNING")

@@ -1,0 +1,85 @@
+"""WorkerService; deleting a worker unassigns its tasks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import empty_pb2
+
+from service.api.mapping.audit import task_snapshot, worker_snapshot
+from service.api.mapping.workers import apply_worker_update, worker_from_message, worker_to_message
+from service.api.pagination import Pagination, int_field
+from service.api.requests import check_create_worker, check_update_worker
+from service.api.servicers.dependencies import Dependencies
+from service.api.servicers.resource import ResourceKind, StandardMethods
+from service.storage.database import UnitOfWork
+from service.storage.models import Worker, utc_now
+from taskmanager.v1 import resources_pb2, worker_service_pb2_grpc
+from taskmanager.v1 import worker_service_pb2 as pb
+
+Context = Any  # grpc.aio.ServicerContext
+
+
+async def unassign_tasks(uow: UnitOfWork, worker_id: int) -> None:
+    """Unassign a worker's tasks through the ORM rather than ON DELETE SET NULL,
+    so each task's version (etag) and update_time move and the change is audited."""
+    now = utc_now()
+    for task in await uow.tasks.assigned_to(worker_id):
+        before = task_snapshot(task)
+        task.assignee_id, task.update_time = None, now
+        uow.record("task", task.id, "update", before, task_snapshot(task))
+
+
+WORKERS: ResourceKind[Worker, resources_pb2.Worker] = ResourceKind(
+    name="worker",
+    message_type=resources_pb2.Worker,
+    repository=lambda uow: uow.workers,
+    to_message=worker_to_message,
+    from_message=worker_from_message,
+    apply_update=apply_worker_update,
+    snapshot=worker_snapshot,
+    listing=Pagination(
+        method="ListWorkers",
+        order_fields={"id": int_field(Worker.id)},
+        default_order="id",
+        default_size=50,
+        max_size=1000,
+    ),
+    before_delete=unassign_tasks,
+)
+
+
+class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
+    """Workers: the people or agents tasks are assigned to."""
+
+    def __init__(self, deps: Dependencies) -> None:
+        self.methods = StandardMethods(deps, WORKERS)
+
+    async def CreateWorker(
+        self, request: pb.CreateWorkerRequest, context: Context
+    ) -> resources_pb2.Worker:
+        check_create_worker(request)
+        return await self.methods.create("CreateWorker", request, request.worker, context)
+
+    async def GetWorker(
+        self, request: pb.GetWorkerRequest, context: Context
+    ) -> resources_pb2.Worker:
+        return await self.methods.get(request.id, context)
+
+    async def ListWorkers(
+        self, request: pb.ListWorkersRequest, context: Context
+    ) -> pb.ListWorkersResponse:
+        workers, token = await self.methods.list(request, context)
+        return pb.ListWorkersResponse(workers=workers, next_page_token=token)
+
+    async def UpdateWorker(
+        self, request: pb.UpdateWorkerRequest, context: Context
+    ) -> resources_pb2.Worker:
+        fields = check_update_worker(request)
+        return await self.methods.update(request.worker, fields, context)
+
+    async def DeleteWorker(
+        self, request: pb.DeleteWorkerRequest, context: Context
+    ) -> empty_pb2.Empty:
+        await self.methods.delete(request.id, request.etag, context)
+        return empty_pb2.Empty()

@@ -1,0 +1,42 @@
+"""Retention: purge soft-deleted tasks after 30 days and idempotency keys after 7."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from service.api.idempotency import RETENTION_DAYS as REQUEST_ID_RETENTION_DAYS
+from service.settings import Settings
+from service.storage.database import UnitOfWork, create_engine, make_session_factory
+from service.storage.models import utc_now
+
+TASK_RETENTION_DAYS = 30
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Purged:
+    """How many rows one purge removed."""
+
+    tasks: int
+    request_ids: int
+
+
+async def purge(
+    settings: Settings,
+    task_retention: timedelta = timedelta(days=TASK_RETENTION_DAYS),
+    request_id_retention: timedelta = timedelta(days=REQUEST_ID_RETENTION_DAYS),
+) -> Purged:
+    """Hard-delete what is past retention, in one transaction (run it daily, e.g. from cron)."""
+    engine = create_engine(settings)
+    try:
+        async with UnitOfWork(make_session_factory(engine), "purge") as uow:
+            now = utc_now()
+            tasks = await uow.tasks.purge_deleted(deleted_before=now - task_retention)
+            keys = await uow.idempotency.purge_before(now - request_id_retention)
+            await uow.commit()
+    finally:
+        await engine.dispose()
+    log.info("purged %d soft-deleted tasks and %d request ids", tasks, keys)
+    return Purged(tasks, keys)

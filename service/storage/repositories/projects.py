@@ -1,0 +1,40 @@
+"""SQL for projects."""
+
+from __future__ import annotations
+
+from sqlmodel import col, select
+
+from service.api.errors import FailedPrecondition
+from service.api.pagination import Ordering, Position
+from service.storage.models import Project, Task
+from service.storage.repositories.base import Page, Repository
+from service.storage.repositories.tasks import TaskRepository
+
+
+class ProjectRepository(Repository[Project]):
+    """Projects by id; a project with tasks cannot be deleted."""
+
+    model = Project
+    resource = "project"
+
+    async def list_page(
+        self, ordering: Ordering, after: Position | None, limit: int
+    ) -> Page[Project]:
+        """One keyset page of projects."""
+        return await self.page(select(Project), ordering, after, limit)
+
+    async def delete(self, entity: Project) -> None:
+        """Delete a project without live tasks (its soft-deleted ones are purged with it)."""
+        has_tasks = await self.session.exec(
+            select(Task.id)
+            .where(col(Task.project_id) == entity.id, col(Task.delete_time).is_(None))
+            .limit(1)
+        )
+        if has_tasks.first() is not None:
+            raise FailedPrecondition(
+                "PROJECT_HAS_TASKS",
+                f"project {entity.id} still has tasks; delete them first",
+                project_id=entity.id,
+            )
+        await TaskRepository(self.session).purge_deleted(project_id=entity.id)
+        await super().delete(entity)
