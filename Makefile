@@ -12,7 +12,7 @@ PROTO_FILES := $(shell find protos -name '*.proto' | sort)
 GOOGLEAPIS_INCLUDE = $(shell $(PY) -c 'import google.api, os; print(os.path.dirname(os.path.dirname(google.api.__path__[0])))')
 
 .PHONY: install proto check-generated lint test run migrate bench clean
-.PHONY: protodeps buf-lint buf-breaking examples-node docs
+.PHONY: protodeps buf-lint buf-breaking examples-node docs system-deps
 
 BUF := $(BIN)/buf
 # google/api/*.proto for buf, copied from googleapis-common-protos (see buf.yaml).
@@ -45,7 +45,8 @@ lint: install
 	$(BIN)/ruff format --check $(LINT_DIRS)
 	$(BIN)/mypy service
 
-test: install
+# The suite starts real pgbouncer, nginx and Node clients: install what is missing first.
+test: install system-deps examples-node
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 migrate: install
@@ -102,6 +103,10 @@ examples-node: examples/node/node_modules/.package-lock.json
 
 examples/node/node_modules/.package-lock.json: examples/node/package.json examples/node/package-lock.json
 	cd examples/node && npm ci --ignore-scripts --no-audit --no-fund
+
+# Debian packages from .ci/debian-packages whose command is missing (apt-get).
+system-deps:
+	bash .ci/system-deps
 
 docs: install
 	$(PY) -m service.runtime.settings_table README.md
