@@ -40,10 +40,12 @@ check-generated: proto
 	@test -z "$$(git status --porcelain -- generated)" || \
 	  { git status --porcelain -- generated; echo 'generated/ is stale: run make proto and commit'; exit 1; }
 
+# ruff, mypy --strict, and the import-linter layering contracts (pyproject.toml).
 lint: install
 	$(BIN)/ruff check $(LINT_DIRS)
 	$(BIN)/ruff format --check $(LINT_DIRS)
 	$(BIN)/mypy service
+	$(BIN)/lint-imports
 
 # The suite starts real pgbouncer, nginx and Node clients: install what is missing first.
 test: install system-deps examples-node

@@ -30,8 +30,8 @@ from service.api.mapping.workers import (
     worker_to_message,
 )
 from service.storage.etags import etag_of
+from service.storage.filters import TaskFilter, TimeBounds
 from service.storage.models import NewTask, Project, Task, TaskPriority, TaskStatus, Worker
-from service.storage.repositories.tasks import TaskFilter, TimeBounds
 from taskmanager.v1 import resources_pb2, task_service_pb2
 
 CREATED = datetime(2024, 2, 29, 23, 59, 58, 123456, tzinfo=UTC)

@@ -21,7 +21,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.runtime.logs import JsonFormatter, TextFormatter, current_request_id
+from service.api.call_context import current_request_id
+from service.runtime.logs import JsonFormatter, TextFormatter
 from service.runtime.server import PortInUse, TaskServer, start_server
 from service.settings import Settings
 from taskmanager.v1 import (

@@ -23,12 +23,13 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlmodel import select
 
-from service.api.errors import DeadlineExceeded, to_rpc_status, to_service_error
+from service.api.errors import to_rpc_status
 from service.runtime.server import SERVICE_NAMES, TaskServer, start_server
 from service.runtime.supervisor import ConfigurationError, check_settings, worker_settings
 from service.settings import Settings
 from service.storage import migrate
 from service.storage.database import UnitOfWork, create_engine, make_session_factory
+from service.storage.errors import DeadlineExceeded, to_service_error
 from taskmanager.v1 import (
     project_service_pb2,
     project_service_pb2_grpc,

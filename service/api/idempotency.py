@@ -14,13 +14,12 @@ from typing import TypeVar
 
 from google.protobuf.message import Message
 
-from service.api.errors import Aborted, AlreadyExists
 from service.api.request_digest import request_digest
 from service.storage.database import UnitOfWork
+from service.storage.errors import Aborted, AlreadyExists
 from service.storage.models import IdempotencyKey
 
 Response = TypeVar("Response", bound=Message)
-RETENTION_DAYS = 7
 
 
 def payload_hash(method: str, request: Message) -> str:

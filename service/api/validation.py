@@ -6,7 +6,7 @@ import re
 import uuid
 from collections.abc import Collection
 
-from service.api.errors import FieldViolation, InvalidArgument
+from service.storage.errors import FieldViolation, InvalidArgument
 from taskmanager.v1 import resources_pb2
 
 TITLE_MAX = 500

@@ -2,8 +2,8 @@
 
 With any token configured, every RPC except health checks and reflection must carry
 `authorization: Bearer <token>` metadata naming a known token; the token's principal
-becomes the audit actor (see `current_principal`). Principals listed as read-only may
-call Get*/List*/Stream* methods only.
+becomes the audit actor (`service.api.call_context.current_principal`). Principals
+listed as read-only may call Get*/List*/Stream* methods only.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import inspect
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,9 +22,11 @@ import grpc
 from grpc_health.v1 import health
 from grpc_reflection.v1alpha import reflection
 
-from service.api.errors import PermissionDenied, ServiceError, Unauthenticated, abort_with
+from service.api.call_context import set_principal
+from service.api.errors import abort_with
 from service.api.handler_layers import Layer, replace_behavior
 from service.settings import Settings
+from service.storage.errors import PermissionDenied, ServiceError, Unauthenticated
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +38,6 @@ OPEN_SERVICES = frozenset(
 READ_PREFIXES = ("Get", "List", "Stream")
 
 Behavior = Callable[[Any, Any], Any]
-_principal: ContextVar[str | None] = ContextVar("principal", default=None)
-
-
-def current_principal() -> str | None:
-    """The authenticated caller of the RPC being handled; None while auth is off."""
-    return _principal.get()
 
 
 def is_read(method: str) -> bool:
@@ -166,7 +161,7 @@ def _authenticated(behavior: Behavior, method: str, table: TokenTable) -> Behavi
         async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
             # Not reset: a generator may be finalised from another context, where reset()
             # fails. grpc.aio runs each RPC in its own task, whose context dies with it.
-            _principal.set(await _principal_or_abort(table, method, context))
+            set_principal(await _principal_or_abort(table, method, context))
             async for response in behavior(request, context):
                 yield response
 
@@ -175,7 +170,7 @@ def _authenticated(behavior: Behavior, method: str, table: TokenTable) -> Behavi
     async def call(request: Any, context: Any) -> Any:
         # Not reset: each RPC runs in its own task (the value dies with it), and the
         # outer observability layer reads the principal after the handler returns.
-        _principal.set(await _principal_or_abort(table, method, context))
+        set_principal(await _principal_or_abort(table, method, context))
         return await behavior(request, context)
 
     return call

@@ -8,20 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
-from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-REQUEST_ID_KEY = "x-request-id"
-# The x-request-id of the RPC this task is handling (a correlation id for logs
-# and trailers; not the idempotency `request_id` field of AIP-155).
-current_request_id: ContextVar[str | None] = ContextVar("current_request_id", default=None)
-
-
-def request_id_metadata() -> tuple[tuple[str, str], ...]:
-    """Trailing metadata that returns the current request id (empty outside an RPC)."""
-    request_id = current_request_id.get()
-    return ((REQUEST_ID_KEY, request_id),) if request_id else ()
+from service.api.call_context import current_request_id
 
 
 def record_fields(record: logging.LogRecord) -> dict[str, Any]:

@@ -20,9 +20,9 @@ from typing import Any
 
 import grpc
 
+from service.api.call_context import REQUEST_ID_KEY, current_request_id
 from service.api.handler_layers import Layer, replace_behavior
 from service.api.servicers.dependencies import actor_of
-from service.runtime.logs import REQUEST_ID_KEY, current_request_id
 from service.runtime.metrics import MethodMetrics, RpcMetrics
 
 log = logging.getLogger(__name__)

@@ -14,8 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from sqlmodel import Session
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from service.api.mapping.audit import Snapshot
 from service.settings import Settings
+from service.storage.audit_snapshots import Snapshot
 from service.storage.repositories.audit import AuditRepository, AuditValues, event_values
 from service.storage.repositories.base import RELEASE_AFTER_STATEMENT
 from service.storage.repositories.idempotency import IdempotencyRepository

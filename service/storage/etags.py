@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from service.api.errors import Aborted
+from service.storage.errors import Aborted
 
 
 class Versioned(Protocol):

@@ -6,12 +6,13 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
-from service.api.idempotency import RETENTION_DAYS as REQUEST_ID_RETENTION_DAYS
 from service.settings import Settings
 from service.storage.database import UnitOfWork, create_engine, make_session_factory
 from service.storage.models import utc_now
 
 TASK_RETENTION_DAYS = 30
+# How long a create's request_id is remembered (the AIP-155 window the README documents).
+REQUEST_ID_RETENTION_DAYS = 7
 log = logging.getLogger(__name__)
 
 

@@ -9,8 +9,8 @@ from typing import Any
 from service.api.mapping.timestamps import from_timestamp_ceil, to_timestamp
 from service.api.mapping.workers import worker_to_message
 from service.storage.etags import etag_for, etag_of
+from service.storage.filters import TaskFilter, TimeBounds
 from service.storage.models import AnyTask, NewTask, Task, TaskPriority, TaskStatus
-from service.storage.repositories.tasks import TaskFilter, TimeBounds
 from taskmanager.v1 import resources_pb2, task_service_pb2
 
 STATUS_TO_MESSAGE = {

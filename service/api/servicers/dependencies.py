@@ -9,8 +9,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from service.api.call_context import current_principal
 from service.api.pagination import PageTokens
-from service.runtime.auth import current_principal
 from service.storage.database import SessionFactory, UnitOfWork
 
 ACTOR_KEY = "x-actor"

@@ -6,16 +6,17 @@ from typing import Any
 
 from google.protobuf import empty_pb2
 
-from service.api.mapping.audit import project_snapshot
 from service.api.mapping.projects import (
     apply_project_update,
     project_from_message,
     project_to_message,
 )
-from service.api.pagination import Pagination, int_field
+from service.api.pagination import Pagination
 from service.api.requests import check_create_project, check_update_project, requested_project
 from service.api.servicers.dependencies import Dependencies
 from service.api.servicers.resource import ResourceKind, StandardMethods
+from service.storage.audit_snapshots import project_snapshot
+from service.storage.keyset import int_field
 from service.storage.models import Project
 from taskmanager.v1 import project_service_pb2 as pb
 from taskmanager.v1 import project_service_pb2_grpc, resources_pb2

@@ -15,10 +15,10 @@ from typing import Any, Generic, TypeVar
 from google.protobuf.message import Message
 
 from service.api.idempotency import create_once
-from service.api.mapping.audit import Snapshot
 from service.api.pagination import Pagination
 from service.api.servicers.dependencies import Dependencies
 from service.api.validation import Violations, require_id
+from service.storage.audit_snapshots import Snapshot
 from service.storage.database import UnitOfWork
 from service.storage.etags import check_etag
 from service.storage.models import utc_now

@@ -7,16 +7,8 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from service.api.errors import (
-    AlreadyExists,
-    FailedPrecondition,
-    FieldViolation,
-    InvalidArgument,
-    Unavailable,
-    at_index,
-)
 from service.api.idempotency import create_once
-from service.api.mapping.audit import event_to_message, task_snapshot
+from service.api.mapping.audit import event_to_message
 from service.api.mapping.tasks import (
     add_task_rows,
     apply_task_update,
@@ -26,14 +18,7 @@ from service.api.mapping.tasks import (
     task_row_to_message,
     task_to_message,
 )
-from service.api.pagination import (
-    PageRequest,
-    Pagination,
-    Position,
-    int_field,
-    text_field,
-    time_field,
-)
+from service.api.pagination import PageRequest, Pagination
 from service.api.requests import (
     check_batch_create_tasks,
     check_create_task,
@@ -42,11 +27,22 @@ from service.api.requests import (
 )
 from service.api.servicers.dependencies import Dependencies
 from service.api.validation import Violations, check_enum, check_id, require_id
+from service.storage.audit_snapshots import task_snapshot
 from service.storage.database import UnitOfWork
+from service.storage.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    Unavailable,
+    at_index,
+)
 from service.storage.etags import check_etag
+from service.storage.filters import TaskFilter
+from service.storage.keyset import Position, int_field, text_field, time_field
 from service.storage.models import AuditEvent, NewTask, Task, utc_now
 from service.storage.repositories.base import Page
-from service.storage.repositories.tasks import FULL_VIEW, TaskFilter, parent_deleted
+from service.storage.repositories.tasks import FULL_VIEW, parent_deleted
 from taskmanager.v1 import resources_pb2, task_service_pb2_grpc
 from taskmanager.v1 import task_service_pb2 as pb
 

@@ -6,13 +6,14 @@ from typing import Any
 
 from google.protobuf import empty_pb2
 
-from service.api.mapping.audit import task_snapshot, worker_snapshot
 from service.api.mapping.workers import apply_worker_update, worker_from_message, worker_to_message
-from service.api.pagination import Pagination, int_field
+from service.api.pagination import Pagination
 from service.api.requests import check_create_worker, check_update_worker
 from service.api.servicers.dependencies import Dependencies
 from service.api.servicers.resource import ResourceKind, StandardMethods
+from service.storage.audit_snapshots import task_snapshot, worker_snapshot
 from service.storage.database import UnitOfWork
+from service.storage.keyset import int_field
 from service.storage.models import Worker, utc_now
 from taskmanager.v1 import resources_pb2, worker_service_pb2_grpc
 from taskmanager.v1 import worker_service_pb2 as pb

@@ -8,8 +8,8 @@ from sqlalchemy import insert
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from service.api.mapping.audit import Snapshot, changes
-from service.api.pagination import Ordering, Position
+from service.storage.audit_snapshots import Snapshot, changes
+from service.storage.keyset import Ordering, Position
 from service.storage.models import AuditEvent, utc_now
 from service.storage.repositories.base import Page, Repository
 

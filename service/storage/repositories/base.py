@@ -13,8 +13,8 @@ from sqlmodel import SQLModel, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from sqlmodel.sql.expression import SelectOfScalar
 
-from service.api.errors import NotFound
-from service.api.pagination import Ordering, Position
+from service.storage.errors import NotFound
+from service.storage.keyset import Ordering, Position
 
 Entity = TypeVar("Entity", bound=SQLModel)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from sqlmodel import col, select
 
-from service.api.errors import FailedPrecondition
-from service.api.pagination import Ordering, Position
+from service.storage.errors import FailedPrecondition
+from service.storage.keyset import Ordering, Position
 from service.storage.models import Project, Task
 from service.storage.repositories.base import Page, Repository
 from service.storage.repositories.tasks import TaskRepository

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -32,16 +31,15 @@ from sqlalchemy.sql.base import ExecutableOption
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from service.api.errors import Aborted, FailedPrecondition
-from service.api.pagination import Ordering, Position
+from service.storage.errors import Aborted, FailedPrecondition
+from service.storage.filters import TaskFilter, TimeBounds
+from service.storage.keyset import Ordering, Position
 from service.storage.models import (
     AnyTask,
     AuditEvent,
     NewTask,
     Project,
     Task,
-    TaskPriority,
-    TaskStatus,
     Worker,
 )
 from service.storage.repositories.audit import EVENT_KEYS, INSERT_EVENTS, AuditValues
@@ -114,32 +112,6 @@ _INSERT_AUDITED_IF_REFERENCES_EXIST = INSERT_EVENTS.from_select(
         *(bindparam(key, type_=_AUDIT_TABLE.c[key].type) for key in EVENT_KEYS),
     ),
 ).returning(_AUDIT_TABLE.c.entity_id)
-
-
-@dataclass(frozen=True)
-class TimeBounds:
-    """[start, end) on a timestamp column; None means unbounded."""
-
-    start: datetime | None = None
-    end: datetime | None = None
-
-
-@dataclass(frozen=True)
-class TaskFilter:
-    """Everything a list or stream of tasks can be narrowed by; all of it ANDed."""
-
-    project_id: int | None = None
-    statuses: tuple[TaskStatus, ...] = ()
-    priorities: tuple[TaskPriority, ...] = ()
-    assignee_id: int | None = None
-    unassigned: bool = False
-    parent_task_id: int | None = None
-    top_level_only: bool = False
-    tags: tuple[str, ...] = ()
-    title_contains: str = ""
-    create_time: TimeBounds = field(default_factory=TimeBounds)
-    update_time: TimeBounds = field(default_factory=TimeBounds)
-    show_deleted: bool = False
 
 
 class TaskRepository(Repository[Task]):

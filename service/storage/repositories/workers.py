@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlmodel import select
 
-from service.api.pagination import Ordering, Position
+from service.storage.keyset import Ordering, Position
 from service.storage.models import Worker
 from service.storage.repositories.base import Page, Repository
 
