@@ -1,8 +1,9 @@
-"""The servers under test, each in its own process: start, wait for health, read memory, stop."""
+"""The servers under test, each in its own process: start, wait until ready, read CPU and memory."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -21,9 +22,9 @@ from typing import IO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench.config import DatabaseConfig
+from bench.core.config import DatabaseConfig
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 
@@ -34,16 +35,6 @@ class Memory:
 
     rss_kib: int
     hwm_kib: int
-
-
-def read_memory(pid: int) -> Memory:
-    """VmRSS and VmHWM from /proc/<pid>/status."""
-    values: dict[str, int] = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            values[key] = int(value.split()[0])
-    return Memory(rss_kib=values["VmRSS"], hwm_kib=values["VmHWM"])
 
 
 def cpu_seconds(pid: int) -> float:
@@ -61,20 +52,9 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """CPU time of a process and its live descendants (a supervisor and its workers)."""
-    total = 0.0
-    for member in (pid, *descendants(pid)):
-        try:
-            total += cpu_seconds(member)
-        except FileNotFoundError:  # exited in between
-            pass
-    return total
-
-
 @dataclass
 class ServerProcess:
-    """A running server: its process, port and captured stderr."""
+    """A running server: its process (the interpreter itself), port and captured stderr."""
 
     name: str
     process: subprocess.Popen[bytes]
@@ -83,7 +63,7 @@ class ServerProcess:
 
     @property
     def pid(self) -> int:
-        """Process id (the Python interpreter itself, no shell in between)."""
+        """Process id."""
         return self.process.pid
 
     @property
@@ -91,22 +71,27 @@ class ServerProcess:
         """gRPC target to dial."""
         return f"127.0.0.1:{self.port}"
 
-    def memory(self) -> Memory:
-        """Current and peak resident set size."""
-        return read_memory(self.pid)
-
-    def cpu_seconds(self) -> float:
-        """CPU time used so far."""
-        return cpu_seconds(self.pid)
-
-    def tree_cpu_seconds(self) -> float:
-        """CPU time used so far by the process and its workers."""
-        return tree_cpu_seconds(self.pid)
-
     @property
     def url(self) -> str:
         """HTTP base URL, for the REST peer."""
         return f"http://{self.target}"
+
+    def memory(self) -> Memory:
+        """VmRSS and VmHWM from /proc/<pid>/status."""
+        values: dict[str, int] = {}
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                values[key] = int(value.split()[0])
+        return Memory(rss_kib=values["VmRSS"], hwm_kib=values["VmHWM"])
+
+    def cpu_seconds(self, tree: bool = False) -> float:
+        """CPU time used so far; with `tree`, its live descendants' too (a supervisor's workers)."""
+        total = 0.0
+        for member in (self.pid, *(descendants(self.pid) if tree else ())):
+            with contextlib.suppress(FileNotFoundError):  # exited in between
+                total += cpu_seconds(member)
+        return total
 
     def stderr_tail(self, limit: int = 4000) -> str:
         """The end of what the server wrote to stderr."""
@@ -122,17 +107,40 @@ def free_port() -> int:
         return port
 
 
-Readiness = Callable[["ServerProcess"], Awaitable[None]]
+async def grpc_serving(server: ServerProcess) -> bool:
+    """Whether the gRPC health check says SERVING."""
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        request = health_pb2.HealthCheckRequest()
+        try:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(request, timeout=1.0)
+        except grpc.aio.AioRpcError:
+            return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def http_answering(path: str) -> Callable[[ServerProcess], Awaitable[bool]]:
+    """A probe: whether an HTTP GET of `path` gets an answer at all (any status)."""
+
+    def answers(url: str) -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=1.0):
+                return True
+        except urllib.error.HTTPError:
+            return True
+        except OSError:
+            return False
+
+    return lambda server: asyncio.to_thread(answers, server.url + path)
 
 
 @asynccontextmanager
 async def running(
-    name: str, module_args: Sequence[str], ready: Readiness | None = None
+    name: str,
+    module_args: Sequence[str],
+    ready: Callable[[ServerProcess], Awaitable[bool]] = grpc_serving,
 ) -> AsyncIterator[ServerProcess]:
-    """Run `python -m <module_args> --address 127.0.0.1:<port>` until the block ends.
-
-    The block starts once `ready` (default: the gRPC health check says SERVING) returns.
-    """
+    """Run `python -m <module_args> --address 127.0.0.1:<port>` until the block ends; the
+    block starts once the `ready` probe says so (polled, failing early if the process dies)."""
     port = free_port()
     with tempfile.TemporaryFile() as stderr:
         process = subprocess.Popen(
@@ -143,57 +151,18 @@ async def running(
         )
         server = ServerProcess(name, process, port, stderr)
         try:
-            await (ready or wait_healthy)(server)
+            deadline = time.monotonic() + READY_TIMEOUT
+            while not await ready(server):
+                if process.poll() is not None:
+                    raise RuntimeError(
+                        f"{name} exited: {process.returncode}\n{server.stderr_tail()}"
+                    )
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{name} not ready in time:\n{server.stderr_tail()}")
+                await asyncio.sleep(0.1)
             yield server
         finally:
             await stop(server)
-
-
-async def wait_healthy(server: ServerProcess, timeout: float = READY_TIMEOUT) -> None:
-    """Poll the gRPC health check until SERVING; fail early if the process dies."""
-    deadline = time.monotonic() + timeout
-    async with grpc.aio.insecure_channel(server.target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            _fail_if_exited(server)
-            try:
-                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            await asyncio.sleep(0.1)
-    raise TimeoutError(f"{server.name} not healthy after {timeout:.0f} s:\n{server.stderr_tail()}")
-
-
-async def wait_http(server: ServerProcess, path: str = "/", timeout: float = READY_TIMEOUT) -> None:
-    """Poll an HTTP path until it answers at all (any status); fail early if the process dies."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        _fail_if_exited(server)
-        if await asyncio.to_thread(_answers, server.url + path):
-            return
-        await asyncio.sleep(0.1)
-    raise TimeoutError(
-        f"{server.name} not answering after {timeout:.0f} s:\n{server.stderr_tail()}"
-    )
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1.0):
-            return True
-    except urllib.error.HTTPError:
-        return True  # an HTTP status is an answer
-    except OSError:
-        return False
-
-
-def _fail_if_exited(server: ServerProcess) -> None:
-    if server.process.poll() is not None:
-        raise RuntimeError(
-            f"{server.name} exited with {server.process.returncode}:\n{server.stderr_tail()}"
-        )
 
 
 async def stop(server: ServerProcess) -> None:
@@ -219,19 +188,5 @@ def service_server(
 def baseline_server(
     cfg: DatabaseConfig, *extra_args: str, name: str = "asyncpg keyset stream"
 ) -> AbstractAsyncContextManager[ServerProcess]:
-    """The hand-written asyncpg server of bench/ (keyset StreamTasks, fetchrow GetTask)."""
-    return running(name, ("bench.asyncpg_stream_server", "--dsn", cfg.dsn, *extra_args))
-
-
-def constant_server() -> AbstractAsyncContextManager[ServerProcess]:
-    """The transport ceiling: grpc.aio answering GetTask with a constant Task."""
-    return running("constant GetTask", ("bench.perf.constant_server",))
-
-
-def rest_server(cfg: DatabaseConfig) -> AbstractAsyncContextManager[ServerProcess]:
-    """The REST peer: FastAPI + SQLModel under uvicorn."""
-    return running(
-        "FastAPI peer",
-        ("bench.perf.rest_app", "--database-url", cfg.url),
-        ready=lambda server: wait_http(server, "/tasks/1"),
-    )
+    """The hand-written asyncpg server (keyset StreamTasks, fetchrow GetTask)."""
+    return running(name, ("bench.core.baseline_server", "--dsn", cfg.dsn, *extra_args))

@@ -1,17 +1,4 @@
-"""The Python load generator: the fallback for smoke runs where h2load or wrk are not installed.
-
-It keeps the same number of requests in flight as the native tools, on the
-same connections (one HTTP/2 connection per gRPC body file, `--streams` calls
-on each; `--connections` HTTP/1.1 keep-alive connections for REST), and counts
-every outcome itself: gRPC status codes and HTTP statuses. It is much slower
-than h2load/wrk, so its figures are only good for smoke runs. Prints one JSON
-object: {"completed": n, "ok": n, "errors": {status: n}, "seconds": s}.
-
-    python -m bench.perf.pyload grpc --target HOST:PORT --path /pkg.Svc/Method \
-        --streams 4 --seconds 1 body.bin [body.bin ...]
-    python -m bench.perf.pyload http --url http://HOST:PORT --connections 64 \
-        --seconds 1 requests.json
-"""
+"""Load on ONE grpc.aio channel: `--in-flight` concurrent callers in this process; JSON counts."""
 
 from __future__ import annotations
 
@@ -24,137 +11,75 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import grpc
 
-FRAME_HEADER = 5  # compressed flag + 4-byte length
+CALL_TIMEOUT = 30.0  # a stuck call ends the run at most this long after the deadline
 
 
-async def grpc_load(
-    target: str, path: str, bodies: Sequence[Path], streams: int, seconds: float
-) -> Counter[str]:
-    """Call `path` with each body on its own connection, `streams` at a time, until time is up."""
+async def load(
+    target: str, path: str, payloads: Sequence[bytes], in_flight: int, seconds: float, most: int
+) -> dict[str, Any]:
+    """`in_flight` callers, each calling `path` again as soon as its call ends, until `seconds`
+    are up or `most` calls were made; outcomes by status and latency percentiles of the OK
+    ones (from the call to its answer, so queueing in the client counts)."""
     outcomes: Counter[str] = Counter()
-    deadline = time.monotonic() + seconds
-    channels = [
-        grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
-        for _ in bodies
-    ]
-    try:
-        workers = [
-            _grpc_worker(channel.unary_unary(path), body.read_bytes()[FRAME_HEADER:], deadline)
-            for channel, body in zip(channels, bodies, strict=True)
-            for _ in range(streams)
-        ]
-        for counts in await asyncio.gather(*workers):
-            outcomes.update(counts)
-    finally:
-        for channel in channels:
-            await channel.close()
-    return outcomes
+    latencies: list[float] = []
+    made = 0
+
+    async def caller(method: Any, payload: bytes, deadline: float) -> None:
+        nonlocal made
+        while time.monotonic() < deadline and made < most:
+            made += 1
+            started = time.perf_counter()
+            try:
+                await method(payload, timeout=CALL_TIMEOUT)
+            except grpc.aio.AioRpcError as error:
+                outcomes[error.code().name] += 1
+                continue
+            latencies.append(time.perf_counter() - started)
+            outcomes["OK"] += 1
+
+    async with grpc.aio.insecure_channel(target) as channel:
+        await asyncio.wait_for(channel.channel_ready(), CALL_TIMEOUT)  # connected before the clock
+        method = channel.unary_unary(path)  # bytes in, bytes out
+        started = time.monotonic()
+        deadline = started + seconds
+        callers = (caller(method, payloads[n % len(payloads)], deadline) for n in range(in_flight))
+        await asyncio.gather(*callers)
+        elapsed = time.monotonic() - started
+    latencies.sort()
+    ok = outcomes.pop("OK", 0)
+    return {
+        "ok": ok,
+        "errors": dict(outcomes),
+        "seconds": elapsed,
+        "p50_ms": _percentile(latencies, 0.50),
+        "p99_ms": _percentile(latencies, 0.99),
+    }
 
 
-async def _grpc_worker(call: Any, payload: bytes, deadline: float) -> Counter[str]:
-    counts: Counter[str] = Counter()
-    while time.monotonic() < deadline:
-        try:
-            await call(payload)
-            counts["OK"] += 1
-        except grpc.aio.AioRpcError as error:
-            counts[error.code().name] += 1
-    return counts
-
-
-async def http_load(
-    url: str, requests: Sequence[dict[str, str]], connections: int, seconds: float
-) -> Counter[str]:
-    """Send the requests in turn on `connections` keep-alive connections until time is up."""
-    parts = urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    deadline = time.monotonic() + seconds
-    workers = [_http_worker(host, port, requests, n, deadline) for n in range(connections)]
-    outcomes: Counter[str] = Counter()
-    for counts in await asyncio.gather(*workers):
-        outcomes.update(counts)
-    return outcomes
-
-
-async def _http_worker(
-    host: str, port: int, requests: Sequence[dict[str, str]], first: int, deadline: float
-) -> Counter[str]:
-    counts: Counter[str] = Counter()
-    reader, writer = await asyncio.open_connection(host, port)
-    try:
-        number = first
-        while time.monotonic() < deadline:
-            request = requests[number % len(requests)]
-            number += 1
-            writer.write(_http_request(host, request))
-            counts[await _read_status(reader)] += 1
-    finally:
-        writer.close()
-    return counts
-
-
-def _http_request(host: str, request: dict[str, str]) -> bytes:
-    body = request["body"].encode()
-    head = (
-        f"{request['method']} {request['path']} HTTP/1.1\r\nHost: {host}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-    )
-    return head.encode() + body
-
-
-async def _read_status(reader: asyncio.StreamReader) -> str:
-    """Read one response (Content-Length framed); its status code."""
-    status = (await reader.readline()).split()[1].decode()
-    length = 0
-    while (line := await reader.readline()) not in (b"\r\n", b""):
-        name, _, value = line.decode("latin-1").partition(":")
-        if name.strip().lower() == "content-length":
-            length = int(value)
-    await reader.readexactly(length)
-    return status
-
-
-def summary(outcomes: Counter[str], seconds: float, ok: set[str]) -> dict[str, Any]:
-    """The JSON the bench reads."""
-    good = sum(count for key, count in outcomes.items() if key in ok)
-    errors = {key: count for key, count in outcomes.items() if key not in ok}
-    return {"completed": sum(outcomes.values()), "ok": good, "errors": errors, "seconds": seconds}
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    protocols = parser.add_subparsers(dest="protocol", required=True)
-    grpc_parser = protocols.add_parser("grpc")
-    grpc_parser.add_argument("--target", required=True)
-    grpc_parser.add_argument("--path", required=True)
-    grpc_parser.add_argument("--streams", type=int, required=True)
-    grpc_parser.add_argument("--seconds", type=float, required=True)
-    grpc_parser.add_argument("bodies", nargs="+", type=Path)
-    http_parser = protocols.add_parser("http")
-    http_parser.add_argument("--url", required=True)
-    http_parser.add_argument("--connections", type=int, required=True)
-    http_parser.add_argument("--seconds", type=float, required=True)
-    http_parser.add_argument("requests", type=Path)
-    return parser
-
-
-async def _run(args: argparse.Namespace) -> dict[str, Any]:
-    started = time.monotonic()
-    if args.protocol == "grpc":
-        outcomes = await grpc_load(args.target, args.path, args.bodies, args.streams, args.seconds)
-        return summary(outcomes, time.monotonic() - started, {"OK"})
-    requests = json.loads(args.requests.read_text())
-    outcomes = await http_load(args.url, requests, args.connections, args.seconds)
-    return summary(outcomes, time.monotonic() - started, {"200", "201"})
+def _percentile(ordered: list[float], share: float) -> float:
+    """Nearest-rank percentile of sorted seconds, in milliseconds (0 with no calls)."""
+    if not ordered:
+        return 0.0
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))] * 1000
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of `python -m bench.perf.pyload`."""
-    result = asyncio.run(_run(_parser().parse_args(argv)))
+    """Entry point of `python -m bench.perf.one_channel`; prints one JSON object."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--target", required=True, help="host:port")
+    parser.add_argument("--path", required=True, help="/package.Service/Method")
+    parser.add_argument("--in-flight", type=int, required=True, help="concurrent callers")
+    parser.add_argument("--seconds", type=float, required=True, help="how long to start calls")
+    parser.add_argument("--most", type=int, required=True, help="calls at the most")
+    parser.add_argument("requests", nargs="+", type=Path, help="serialised request variants")
+    args = parser.parse_args(argv)
+    payloads = [request.read_bytes() for request in args.requests]
+    result = asyncio.run(
+        load(args.target, args.path, payloads, args.in_flight, args.seconds, args.most)
+    )
     sys.stdout.write(json.dumps(result) + "\n")
 
 
