@@ -58,7 +58,8 @@ run: install
 	$(BIN)/taskservice serve --migrate
 
 # Each bench in turn (BENCH=perf for one); BENCH_ARGS go to each, e.g. --keep or --smoke.
-bench: install
+# The perf bench drives h2load and wrk (system-deps) and the bench extra's packages (install).
+bench: install system-deps
 	for name in $(BENCH); do $(PY) -m bench $$name $(BENCH_ARGS) || exit 1; done
 
 clean:

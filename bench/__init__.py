@@ -1,4 +1,1 @@
-"""Pagination benchmark for TaskService: seeding, page latency, streaming and search figures.
-
-Run it with `make bench` or `python -m bench --help`; results land in bench/README.md.
-"""
+"""TaskService benchmarks: a shared core, one package per benchmark (`python -m bench --help`)."""

@@ -1,45 +1,38 @@
-"""Command line: `python -m bench [pagination|perf] [options]` (also `make bench`).
-
-    python -m bench pagination ...   keyset pages, streams and searches (bench/pagination.py)
-    python -m bench perf ...         issue 6 throughput benchmark (bench/perf/)
-    python -m bench ...              the same as `pagination` (the original command line)
-
-`python -m bench <command> --help` lists each command's options.
-"""
+"""Command line: `python -m bench [pagination|perf] [options]` (no command: pagination)."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+
+from bench.core.run import run_bench
 
 COMMANDS = ("pagination", "perf")
-DEFAULT_COMMAND = "pagination"
+USAGE = """usage: python -m bench [pagination|perf] [options]
+
+    python -m bench pagination ...   keyset pages, streams and searches (bench/pagination/)
+    python -m bench perf ...         unary RPC throughput under load (bench/perf/)
+    python -m bench ...              the same as `pagination`
+
+`python -m bench <command> --help` lists each command's options.
+"""
 
 
 def split_command(argv: Sequence[str]) -> tuple[str, list[str]]:
     """(command, its arguments); no command named means the pagination bench."""
     if argv and argv[0] in COMMANDS:
         return argv[0], list(argv[1:])
-    return DEFAULT_COMMAND, list(argv)
-
-
-def _entry(command: str) -> Callable[[Sequence[str]], int]:
-    # Imported on demand: each bench pulls in its own dependencies.
-    if command == "perf":
-        from bench.perf.main import main
-    else:
-        from bench.pagination import main
-    return main
+    return COMMANDS[0], list(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Dispatch to the named bench."""
+    """Run the named bench."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] in (["-h"], ["--help"]):
-        sys.stdout.write(__doc__ or "")
+        sys.stdout.write(USAGE)
         return 0
     command, rest = split_command(args)
-    return _entry(command)(rest)
+    return run_bench(command, rest)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,11 @@
 """The benches run end to end in smoke mode (tiny data, ~1 s per measurement); timings are
-not checked. Also the bench's parsers of h2load and wrk output, on canned reports."""
+not checked. Also the bench's parsers of h2load and wrk output, on canned reports, and its
+README regions."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import sys
 import uuid
@@ -17,10 +17,10 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from bench.__main__ import split_command
-from bench.perf import h2load, usage, wrk
+from bench.core.report import read_regions, write_regions
+from bench.perf import loadgen, usage
 from bench.perf.calls import HttpRequest, grpc_frame, spread
-from bench.perf.results import LABELS
-from bench.readme import read_sections, write_section
+from bench.perf.config import LABELS
 from service.settings import normalise_database_url
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,12 +35,14 @@ PAGINATION_HEADINGS = (
 )
 PERF_HEADINGS = (
     "== Throughput",
-    "== Targets (issue 6",
+    "== Targets (ratios of this run)",
+    "== GetTask BASIC on ONE grpc.aio channel",
     "== StreamTasks",
     "== CPU during each measurement",
     "== PostgreSQL statements per call",
     "== Checks",
     "== What the load generators counted",
+    "== Where GetTask's time goes",
 )
 H2LOAD_OUTPUT = """
 finished in 1.00s, 3648.00 req/s, 371.88KB/s
@@ -113,27 +115,21 @@ async def test_pagination_bench_smoke_runs_prints_the_table_and_drops_its_databa
 
 
 @pytest.mark.timeout(TIMEOUT + 30)
-async def test_perf_bench_smoke_with_the_python_load_generator_measures_everything() -> None:
-    stdout = await _smoke("perf", "--load-generator", "python")
+async def test_perf_bench_smoke_measures_everything_with_h2load_wrk_and_one_channel() -> None:
+    stdout = await _smoke("perf")
     for heading in PERF_HEADINGS:
         assert heading in stdout
     for label in LABELS.values():
         assert f"{label} " in stdout, f"{label} not measured"
-    assert "GetTask BASIC bytes equal the hand-tuned server's" in stdout
-
-
-@pytest.mark.skipif(
-    not (shutil.which("h2load") and shutil.which("wrk")), reason="h2load or wrk not installed"
-)
-@pytest.mark.timeout(TIMEOUT + 30)
-async def test_perf_bench_smoke_with_h2load_and_wrk_counts_grpc_errors() -> None:
-    stdout = await _smoke(
-        "perf", "--load-generator", "native", "--only", "get_basic,create,rest_get,blind"
-    )
     assert "(h2load)" in stdout
     assert "(wrk)" in stdout
+    assert "GetTask BASIC bytes equal the hand-tuned server's" in stdout
     assert "h2load blind to grpc-status; bench catches it" in stdout
     assert "writes seen in the database" in stdout
+    assert "TaskService --max-concurrent-streams 2000" in stdout
+    assert "1,000 in flight" in stdout
+    assert "p99" in stdout
+    assert "busy samples" in stdout, "GetTask was not profiled"
 
 
 def test_bench_without_a_command_runs_the_pagination_bench() -> None:
@@ -142,22 +138,24 @@ def test_bench_without_a_command_runs_the_pagination_bench() -> None:
 
 
 def test_h2load_report_is_parsed_and_empty_replies_count_as_grpc_failures() -> None:
-    report = h2load.parse(H2LOAD_OUTPUT)
+    report = loadgen.parse_h2load(H2LOAD_OUTPUT)
     assert (report.succeeded, report.failed, report.data_bytes) == (3640, 8, 40000)
     assert report.status_other == 8
     assert report.seconds == pytest.approx(1.0)
     # 40,000 data bytes are 400 responses of 100 bytes: the other 3,240 carried no message.
-    assert h2load.grpc_failures(report, 100) == 3240
+    assert loadgen.grpc_failures(report, 100) == 3240
 
 
 def test_wrk_report_is_parsed() -> None:
-    report = wrk.parse(WRK_OUTPUT)
-    assert (report.requests, report.non_2xx, report.socket_errors) == (757, 7, 3)
-    assert report.succeeded == 750
+    run = loadgen.parse_wrk(WRK_OUTPUT)
+    # 757 responses, 7 of them non-2xx/3xx, and 3 socket errors on top.
+    assert (run.completed, run.failed, run.ok) == (750, 10, 750)
+    assert run.seconds == pytest.approx(1.0)
 
 
 def test_wrk_script_cycles_through_requests() -> None:
-    script = wrk.lua_script([HttpRequest("GET", "/tasks/1"), HttpRequest("POST", "/tasks", "{}")])
+    requests = [HttpRequest("GET", "/tasks/1"), HttpRequest("POST", "/tasks", "{}")]
+    script = loadgen.wrk_script(requests)
     assert '{"GET", "/tasks/1", ""}' in script
     assert '{"POST", "/tasks", "{}"}' in script
 
@@ -168,15 +166,22 @@ def test_grpc_frames_and_spread_ids() -> None:
     assert spread([7, 8], 3) == (7, 8, 7)
 
 
-def test_readme_sections_are_replaced_one_at_a_time(tmp_path: Path) -> None:
+def test_readme_regions_are_replaced_one_at_a_time_and_the_prose_kept(tmp_path: Path) -> None:
     path = tmp_path / "README.md"
-    write_section("pagination", "## Pagination\nold", path)
-    write_section("perf", "## Perf\nfirst", path)
-    write_section("pagination", "## Pagination\nnew", path)
-    assert read_sections(path.read_text()) == {
-        "pagination": "## Pagination\nnew",
-        "perf": "## Perf\nfirst",
-    }
+    write_regions(path, {"pagination:results": "old"})
+    text = path.read_text()
+    path.write_text(f"# Prose by hand\n\n{text}\nMore prose.\n")
+    write_regions(path, {"perf:results": "first"})
+    write_regions(path, {"pagination:results": "new"})
+    text = path.read_text()
+    assert read_regions(text) == {"pagination:results": "new", "perf:results": "first"}
+    assert text.startswith("# Prose by hand\n")
+    assert "More prose.\n" in text
+
+
+def test_the_readme_has_a_results_region_per_bench() -> None:
+    regions = read_regions((ROOT / "bench" / "README.md").read_text())
+    assert set(regions) == {"pagination:results", "perf:results"}
 
 
 def test_postgres_cpu_counts_backends_that_start_and_not_the_past_of_those_that_exit() -> None:

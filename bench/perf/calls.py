@@ -1,32 +1,28 @@
-"""The calls under load: gRPC request bodies (length-prefixed protobuf) and REST requests.
-
-Every call is spread over `count` variants (task ids, projects, assignees), one
-per load-generator connection: h2load posts one fixed body file per process, so
-spreading needs several bodies. Reads would do as well with one id (all rows are
-cached), but 64 concurrent UpdateTasks of one row would measure PostgreSQL's row
-lock queue, not the service. Task ids are live tasks with an assignee and at
-least one subtask, evenly spaced over the table, so the FULL view has both.
-"""
+"""The calls under load: gRPC requests and REST requests, each spread over several variants."""
 
 from __future__ import annotations
 
 import json
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import asyncpg
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.message import Message
 
-from bench.config import DatabaseConfig
+from bench.core.config import DatabaseConfig
+from bench.perf.config import ONE_CHANNEL
 from taskmanager.v1 import resources_pb2
 from taskmanager.v1 import task_service_pb2 as pb
 
 SERVICE_PATH = "/taskmanager.v1.TaskService/"
-GRPC_HEADERS = ("content-type: application/grpc", "te: trailers")
 PAGE_SIZE = 50
+FRAME_HEADER = 5  # a gRPC message's compressed flag and 4-byte length
 MISSING_ID = 10**12
+HTTP_TIMEOUT = 10.0
 CREATED_TITLE = "Benchmark create"
 UPDATED_DESCRIPTION = "Updated by the perf bench."
 TASKS_WITH_SUBTASKS = """
@@ -94,12 +90,25 @@ class HttpRequest:
     path: str
     body: str = ""
 
+    def send(self, base_url: str) -> tuple[int, Any]:
+        """Send it once: the HTTP status and the decoded JSON answer (None on an error status)."""
+        request = urllib.request.Request(
+            base_url + self.path,
+            data=self.body.encode() if self.body else None,
+            method=self.method,
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, None
+
 
 @dataclass(frozen=True)
 class HttpCall:
-    """A REST endpoint and its request variants."""
+    """A REST endpoint's request variants."""
 
-    name: str
     requests: tuple[HttpRequest, ...]
     check: Check = field(repr=False)  # (request, decoded JSON) -> the response is right
     effect: Effect | None = None
@@ -107,7 +116,7 @@ class HttpCall:
 
 def grpc_frame(payload: bytes) -> bytes:
     """A length-prefixed gRPC message (no compression)."""
-    return b"\x00" + len(payload).to_bytes(4, "big") + payload
+    return b"\x00" + len(payload).to_bytes(FRAME_HEADER - 1, "big") + payload
 
 
 def spread(values: Sequence[int], count: int) -> tuple[int, ...]:
@@ -120,7 +129,10 @@ def spread(values: Sequence[int], count: int) -> tuple[int, ...]:
 
 
 async def pick_targets(cfg: DatabaseConfig, count: int) -> Targets:
-    """Task ids with an assignee and subtasks, projects and workers, `count` of each."""
+    """`count` task ids, projects and workers, one per load-generator connection: h2load posts
+    one fixed body per process. Reads would do with one id (every row is cached), but
+    concurrent UpdateTasks of one row would measure PostgreSQL's row-lock queue. The tasks
+    have an assignee and subtasks, so the FULL view has both."""
     connection = await asyncpg.connect(cfg.dsn)
     try:
         ids = [row["id"] for row in await connection.fetch(TASKS_WITH_SUBTASKS)]
@@ -131,6 +143,23 @@ async def pick_targets(cfg: DatabaseConfig, count: int) -> Targets:
         project_ids=spread(range(1, cfg.projects + 1), count),
         worker_ids=spread(range(1, cfg.workers + 1), count),
     )
+
+
+def calls_by_key(targets: Targets) -> dict[str, GrpcCall | HttpCall]:
+    """Every call under load, by measurement key."""
+    basic = get_task(targets, resources_pb2.TASK_VIEW_BASIC)
+    keys = ("handtuned", "handtuned_uvloop", "get_basic", "workers2", *ONE_CHANNEL)
+    return {
+        **dict.fromkeys(keys, basic),
+        # The transport ceiling answers with one constant Task, whatever the id.
+        "constant": replace(basic, check=lambda _q, _r: True),
+        "rest_get": rest_get(targets),
+        "get_full": get_task(targets, resources_pb2.TASK_VIEW_FULL),
+        "list": list_tasks(targets),
+        "rest_post": rest_post(targets),
+        "create": create_task(targets),
+        "update": update_task(targets),
+    }
 
 
 def get_task(targets: Targets, view: resources_pb2.TaskView.ValueType) -> GrpcCall:
@@ -180,7 +209,7 @@ def update_task(targets: Targets) -> GrpcCall:
 def rest_get(targets: Targets) -> HttpCall:
     """GET /tasks/{id} of each target task."""
     requests = tuple(HttpRequest("GET", f"/tasks/{i}") for i in targets.task_ids)
-    return HttpCall("GET /tasks/{id}", requests, lambda q, r: q.path == f"/tasks/{r['id']}")
+    return HttpCall(requests, lambda q, r: q.path == f"/tasks/{r['id']}")
 
 
 def rest_post(targets: Targets) -> HttpCall:
@@ -190,7 +219,6 @@ def rest_post(targets: Targets) -> HttpCall:
         for project, worker in zip(targets.project_ids, targets.worker_ids, strict=True)
     )
     return HttpCall(
-        "POST /tasks",
         requests,
         lambda _q, r: r["title"] == CREATED_TITLE and r["id"] > 0,
         effect=Effect(COUNT_TASKS),

@@ -1,13 +1,4 @@
-"""Where a server's time goes under load: py-spy samples, summed by function and by library.
-
-`py-spy record -f raw --nolineno --nonblocking` samples the server while a load
-generator keeps it busy; each line of the raw output is a stack (outermost
-frame first, `;`-separated, `function (file)`) and how often it was seen. Self
-time is the innermost frame; time spent in C code (asyncpg's protocol, grpc's
-Cython core, protobuf's upb) shows up as the Python frame that called it.
-Idle samples (the event loop waiting in epoll) are not recorded, so the shares
-are of the time the server was busy.
-"""
+"""Where a server's time goes under load: py-spy samples, summed by function and by library."""
 
 from __future__ import annotations
 
@@ -78,11 +69,10 @@ def py_spy() -> str | None:
 
 
 async def record(pid: int, seconds: float, output: Path, load: Awaitable[object]) -> Profile:
-    """Sample `pid` for `seconds` while `load` runs (it should outlast the recording)."""
-    executable = py_spy()
-    if executable is None:
-        raise RuntimeError("py-spy not found: pip install py-spy (the bench extra has it)")
-    command = [executable, "record", "-p", str(pid), "-d", str(max(1, round(seconds)))]
+    """Sample `pid` for `seconds` while `load` runs (it should outlast the recording). Idle
+    samples (the loop waiting in epoll) are not recorded: shares are of the busy time."""
+    # The configuration made sure that py-spy is there.
+    command = [py_spy() or "py-spy", "record", "-p", str(pid), "-d", str(max(1, round(seconds)))]
     command += ["-r", "200", "-f", "raw", "--nolineno", "--nonblocking", "-o", str(output)]
     process = await asyncio.create_subprocess_exec(
         *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
@@ -117,7 +107,8 @@ def summarise(raw_lines: Iterable[str], raw_path: Path) -> Profile:
 
 
 def _stacks(raw_lines: Iterable[str]) -> list[tuple[list[str], int]]:
-    """(frames outermost first, count) of each line of py-spy's raw output."""
+    """(frames outermost first, count) of each line of py-spy's raw output: `;`-separated
+    `function (file)` frames, a space, and how often that stack was seen."""
     stacks = []
     for line in raw_lines:
         stack, _, count_text = line.rpartition(" ")

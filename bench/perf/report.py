@@ -1,15 +1,22 @@
-"""The perf bench's tables: throughput, CPU, issue 6's ratios, streams, checks, profile."""
+"""What a perf run measured, and its report: throughput, ratios, streams, CPU, checks, profile."""
 
 from __future__ import annotations
 
-from bench import table
-from bench.perf.results import LABELS, Measurement, PerfResults
-from bench.perf.usage import DISTURBED_CORES
-from bench.report import seeding_text, stream_rows
-from bench.table import Row, Section, yes
+from dataclasses import dataclass
+
+from bench.core.database import SeedReport
+from bench.core.machine import Machine
+from bench.core.report import NOT_MEASURED, Report, Row, Section, data_lines, yes
+from bench.core.streams import Streams
+from bench.perf.calls import Targets
+from bench.perf.config import LABELS, ONE_CHANNEL, ONE_CHANNEL_SERVER_ARGS, PerfConfig, rest_stack
+from bench.perf.loadgen import LoadRun
+from bench.perf.profile import Profile
+from bench.perf.roundtrips import StatementCount
+from bench.perf.usage import DISTURBED_CORES, Usage
 
 MAX_STREAM_RSS_GROWTH_MIB = 32.0
-# (numerator, denominator(s), minimum, label): issue 6's targets; the best denominator counts.
+# (numerator, denominator(s), minimum, label): the targets; the best denominator counts.
 TARGETS = (
     ("get_basic", ("handtuned", "handtuned_uvloop"), 0.7, "GetTask BASIC / hand-tuned ceiling"),
     ("get_basic", ("rest_get",), 2.0, "GetTask BASIC / REST GET"),
@@ -22,73 +29,120 @@ CONTEXT = (
     ("get_basic", ("handtuned",), "GetTask BASIC / hand-tuned on asyncio"),
     ("rest_get", ("handtuned",), "REST GET / hand-tuned on asyncio"),
 )
-MEASUREMENT_WIDTH = 50
 
 
-def _throughput(r: PerfResults) -> Section:
-    cfg = r.cfg
+@dataclass(frozen=True)
+class Measurement:
+    """One call under load on one server."""
+
+    key: str
+    run: LoadRun
+    usage: Usage
+    sample: str  # how the sample calls went, e.g. "16/16 OK"
+    sample_ok: bool
+    effect: int | None = None  # writes the database shows for the measured run
+
+    @property
+    def label(self) -> str:
+        """Human name of the measurement."""
+        return LABELS[self.key]
+
+
+@dataclass(frozen=True)
+class BlindSpot:
+    """h2load against calls that all fail at the gRPC level (GetTask of a missing id)."""
+
+    run: LoadRun
+    sample: str
+
+    @property
+    def shown(self) -> bool:
+        """h2load called them succeeded, and the bench's data check found every one."""
+        run = self.run
+        return run.completed > 0 and run.failed == 0 and run.hidden_failures == run.completed
+
+
+@dataclass(frozen=True)
+class PerfResults:
+    """Everything one perf run measured."""
+
+    targets: Targets
+    measurements: tuple[Measurement, ...]
+    streams: Streams | None
+    same_as_handtuned: bool | None
+    blind_spot: BlindSpot | None
+    profile: Profile | None
+    statements: tuple[StatementCount, ...]
+
+    def get(self, key: str) -> Measurement | None:
+        """The measurement `key`, if it ran."""
+        return next((m for m in self.measurements if m.key == key), None)
+
+    def ordered(self) -> list[Measurement]:
+        """The measurements that ran, in report order."""
+        return [m for key in LABELS if (m := self.get(key)) is not None]
+
+
+def _throughput(cfg: PerfConfig, r: PerfResults) -> Section:
     title = (
         f"Throughput ({cfg.concurrency} requests in flight, {cfg.duration:g} s after a "
         f"{cfg.warmup:g} s warm-up)"
     )
-    return title, [Row(m.label, f"{m.rate:,.0f} req/s ({m.run.generator})") for m in _ordered(r)]
-
-
-def _ordered(r: PerfResults) -> list[Measurement]:
-    return [m for key in LABELS if (m := r.get(key)) is not None]
-
-
-def _cpu(r: PerfResults) -> Section:
-    return "CPU during each measurement (cores)", [
-        Row(m.label, m.usage.describe()) for m in _ordered(r)
-    ]
+    rows = [m for m in r.ordered() if m.key not in ONE_CHANNEL]
+    return title, [Row(m.label, f"{m.run.rate:,.0f} req/s ({m.run.generator})") for m in rows]
 
 
 def _best(r: PerfResults, keys: tuple[str, ...]) -> Measurement | None:
     found = [m for key in keys if (m := r.get(key)) is not None]
-    return max(found, key=lambda m: m.rate) if found else None
+    return max(found, key=lambda m: m.run.rate) if found else None
 
 
-def _targets(r: PerfResults) -> Section:
+def _targets(machine: Machine, r: PerfResults) -> Section:
     rows = []
     for top, bottoms, minimum, label in TARGETS:
         over, under = r.get(top), _best(r, bottoms)
-        if over is None or under is None or not under.rate:
+        if over is None or under is None or not under.run.rate:
             rows.append(Row(label, NOT_MEASURED, f">= {minimum}"))
             continue
-        ratio = over.rate / under.rate
-        value = f"{ratio:.2f} ({over.rate:,.0f} / {under.rate:,.0f}{_loop(under)})"
+        ratio = over.run.rate / under.run.rate
+        loop = {"handtuned": " on asyncio", "handtuned_uvloop": " on uvloop"}.get(under.key, "")
+        value = f"{ratio:.2f} ({over.run.rate:,.0f} / {under.run.rate:,.0f}{loop})"
         rows.append(Row(label, value, f">= {minimum}", ratio >= minimum))
     for top, (bottom,), label in CONTEXT:
         over, under = r.get(top), r.get(bottom)
-        if over is not None and under is not None and under.rate:
-            rows.append(Row(label, f"{over.rate / under.rate:.2f}"))
-    return "Targets (issue 6; ratios of this run)", rows + _workers_bound(r)
-
-
-def _workers_bound(r: PerfResults) -> list[Row]:
-    """How much --workers 2 can gain at most: the machine's CPUs over what the one-worker
-    GetTask run used in all (server, PostgreSQL, generator, kernel and others)."""
+        if over is not None and under is not None and under.run.rate:
+            rows.append(Row(label, f"{over.run.rate / under.run.rate:.2f}"))
     one = r.get("get_basic")
-    if one is None:
-        return []
-    used = one.usage.total
-    value = f"{r.machine.cpus / used:.2f} ({r.machine.cpus} CPUs / {used:.2f} cores busy)"
-    return [Row("--workers 2 / 1 bound on this machine", value)]
+    if one is not None:
+        # What --workers 2 can gain at most: the CPUs over what the one-worker GetTask run
+        # kept busy in all (server, PostgreSQL, generator, kernel and others).
+        used = one.usage.total
+        value = f"{machine.cpus / used:.2f} ({machine.cpus} CPUs / {used:.2f} cores busy)"
+        rows.append(Row("--workers 2 / 1 bound on this machine", value))
+    return "Targets (ratios of this run)", rows
 
 
-def _loop(m: Measurement) -> str:
-    return {"handtuned": " on asyncio", "handtuned_uvloop": " on uvloop"}.get(m.key, "")
-
-
-def _stream(r: PerfResults) -> Section | None:
-    if not r.streams:
+def _one_channel(r: PerfResults) -> Section | None:
+    found = [m for key in ONE_CHANNEL if (m := r.get(key)) is not None]
+    if not found:
         return None
     title = (
-        f"StreamTasks (batch_size {r.cfg.batch_size}, {r.cfg.tasks:,} tasks, "
-        f"Python client in the bench process, best of {len(r.streams)})"
+        "GetTask BASIC on ONE grpc.aio channel (default options; one client process, N callers; "
+        f"TaskService {' '.join(ONE_CHANNEL_SERVER_ARGS)})"
     )
-    return title, stream_rows(r.streams, r.baselines, r.cfg.tasks, MAX_STREAM_RSS_GROWTH_MIB)
+    rows = []
+    for m in found:
+        p50, p99 = m.run.latency_ms or (0.0, 0.0)
+        latency = f"p50 {p50:,.1f} ms, p99 {p99:,.1f} ms"
+        value = f"{m.run.rate:,.0f} req/s; {latency}; {m.run.errors:,} errors"
+        rows.append(Row(f"{ONE_CHANNEL[m.key]:,} in flight", value))
+    return title, rows
+
+
+def _streams(cfg: PerfConfig, r: PerfResults) -> Section | None:
+    if r.streams is None:
+        return None
+    return r.streams.section(cfg.tasks, cfg.batch_size, MAX_STREAM_RSS_GROWTH_MIB)
 
 
 def _statements(r: PerfResults) -> Section | None:
@@ -96,74 +150,37 @@ def _statements(r: PerfResults) -> Section | None:
         return None
     rows = [Row(count.label, count.describe()) for count in r.statements]
     rows.append(Row("hand-tuned GetTask (asyncpg fetchrow)", "1: SELECT tasks 1 (by construction)"))
-    title = "PostgreSQL statements per call (warm; a pre-ping is BEGIN, ping, ROLLBACK)"
-    return title, rows
+    return "PostgreSQL statements per call (warm; a pre-ping is BEGIN, ping, ROLLBACK)", rows
 
 
 def _checks(r: PerfResults) -> Section:
-    rows = [_errors_row(m) for m in _ordered(r)]
+    rows = []
+    for m in r.ordered():
+        value = f"sample {m.sample}; {m.run.errors:,} errors under load"
+        rows.append(
+            Row(m.label, value, "sample OK, 0 errors", m.sample_ok and not m.run.errors, True)
+        )
     if r.same_as_handtuned is not None:
         same = r.same_as_handtuned
-        rows.append(
-            Row("GetTask BASIC bytes equal the hand-tuned server's", yes(same), "yes", same, True)
-        )
+        label = "GetTask BASIC bytes equal the hand-tuned server's"
+        rows.append(Row(label, yes(same), "yes", same, check=True))
     if r.blind_spot is not None:
         spot = r.blind_spot
         value = (
             f"{spot.run.completed:,} NOT_FOUND replies counted succeeded by h2load, "
             f"{spot.run.hidden_failures or 0:,} found by the data check (sample: {spot.sample})"
         )
-        rows.append(
-            Row("h2load blind to grpc-status; bench catches it", value, "all found", spot.shown)
-        )
+        label = "h2load blind to grpc-status; bench catches it"
+        rows.append(Row(label, value, "all found", spot.shown, check=True))
     return "Checks (a failed one fails the run)", rows
-
-
-def _errors_row(m: Measurement) -> Row:
-    errors = m.run.errors
-    ok = m.sample_ok and errors == 0
-    value = f"sample {m.sample}; {errors:,} errors under load"
-    return Row(m.label, value, "sample OK, 0 errors", ok, check=True)
 
 
 def _generators(r: PerfResults) -> Section:
     rows = []
-    for m in _ordered(r):
-        detail = m.run.detail
-        if m.effect is not None:
-            detail += f"; {m.effect:,} writes seen in the database"
-        rows.append(Row(m.label, detail))
+    for m in r.ordered():
+        written = "" if m.effect is None else f"; {m.effect:,} writes seen in the database"
+        rows.append(Row(m.label, m.run.detail + written))
     return "What the load generators counted", rows
-
-
-def sections(r: PerfResults) -> list[Section]:
-    """Every table, in order."""
-    found = [
-        _throughput(r),
-        _targets(r),
-        _stream(r),
-        _cpu(r),
-        _statements(r),
-        _checks(r),
-        _generators(r),
-    ]
-    return [section for section in found if section is not None]
-
-
-def setup_lines(r: PerfResults) -> list[str]:
-    """How the run was set up: machine, data, load generator, peers."""
-    cfg = r.cfg
-    return [
-        *r.machine.lines(),
-        f"Data: {cfg.tasks:,} tasks, {cfg.projects:,} projects, {cfg.workers:,} workers; "
-        f"seeding {seeding_text(r.seeding)}",
-        f"Load: {cfg.concurrency} in flight; gRPC over {cfg.connections} HTTP/2 connections "
-        f"x {cfg.streams_per_connection} streams, REST over {cfg.concurrency} HTTP/1.1 "
-        "connections",
-        f"Load generator: {r.tools.describe()}",
-        f"REST peer: {r.rest_stack}",
-        f"Task ids: {_ids(r.targets.task_ids)}; projects {_ids(r.targets.project_ids)}",
-    ]
 
 
 def _ids(values: tuple[int, ...]) -> str:
@@ -171,56 +188,53 @@ def _ids(values: tuple[int, ...]) -> str:
     return f"{len(values)} ({shown}, ...)" if len(values) > 4 else shown
 
 
-def profile_lines(r: PerfResults) -> list[str]:
-    """The py-spy summary, if one was recorded."""
-    if r.profile is None:
-        return []
-    return [
-        f"py-spy, TaskService GetTask (BASIC) under the same load for {r.cfg.profile_seconds:g} s:",
-        *r.profile.lines(),
-    ]
-
-
-NOT_MEASURED = "not measured"
-
-
-def verdict_line(r: PerfResults) -> str:
-    """Targets met or missed, failed checks, targets this run could not judge, disturbance."""
-    rows = [row for _, rows in sections(r) for row in rows]
-    unjudged = [row.label for row in rows if row.value == NOT_MEASURED]
-    parts = [table.summary(sections(r))]
-    if unjudged:
-        parts[0] = parts[0].replace("All targets met.", "No measured target missed.")
-        parts.append("Not measured in this run: " + "; ".join(unjudged) + ".")
-    parts.append(disturbance(r))
-    return " ".join(part for part in parts if part)
-
-
-def disturbance(r: PerfResults) -> str:
+def _disturbance(r: PerfResults) -> list[str]:
     """A warning naming the measurements during which something else used the CPU."""
-    disturbed = [m for m in _ordered(r) if m.usage.disturbed]
+    disturbed = [m for m in r.ordered() if m.usage.disturbed]
     if not disturbed:
-        return ""
+        return []
     worst = max(disturbed, key=lambda m: m.usage.other)
-    return (
+    return [
         f"Warning: other processes used over {DISTURBED_CORES} cores during "
         f"{len(disturbed)} measurement(s) (worst: {worst.usage.other:.2f} cores during "
         f"{worst.label}); those figures are low."
-    )
+    ]
 
 
-def failed_checks(r: PerfResults) -> list[str]:
-    """Correctness checks that failed."""
-    return table.failed_labels(sections(r), check=True)
-
-
-def console_report(r: PerfResults) -> str:
-    """Everything printed at the end of a run."""
-    head = "TaskService performance benchmark (issue 6)"
-    if r.cfg.smoke:
-        head += " (smoke run: checks that it works; the figures mean little)"
-    body = [head, *setup_lines(r), table.text_table(sections(r), MEASUREMENT_WIDTH, 40)]
+def report(cfg: PerfConfig, machine: Machine, seeding: SeedReport, r: PerfResults) -> Report:
+    """The tables, checks and profile of one run."""
+    sections = [
+        _throughput(cfg, r),
+        _targets(machine, r),
+        _one_channel(r),
+        _streams(cfg, r),
+        (
+            "CPU during each measurement (cores)",
+            [Row(m.label, m.usage.describe()) for m in r.ordered()],
+        ),
+        _statements(r),
+        _checks(r),
+        _generators(r),
+    ]
+    profile = ["Not profiled in this run."]
     if r.profile is not None:
-        body += ["", "== Profile ==", *profile_lines(r)]
-    body += ["", verdict_line(r)]
-    return "\n".join(body)
+        seconds = cfg.profile_seconds
+        head = f"py-spy, TaskService GetTask (BASIC) under the same load for {seconds:g} s:"
+        profile = [head, *r.profile.lines()]
+    return Report(
+        title="TaskService performance benchmark",
+        smoke=cfg.smoke,
+        setup=[
+            *data_lines(cfg, machine, seeding),
+            f"Load: {cfg.concurrency} in flight; gRPC over {cfg.connections} HTTP/2 connections "
+            f"x {cfg.streams_per_connection} streams, REST over {cfg.concurrency} HTTP/1.1 "
+            "connections",
+            f"Load generator: {cfg.tools.describe()}",
+            f"REST peer: {rest_stack()}",
+            f"Task ids: {_ids(r.targets.task_ids)}; projects {_ids(r.targets.project_ids)}",
+        ],
+        sections=[section for section in sections if section is not None],
+        appendix_title="Where GetTask's time goes",
+        appendix=profile,
+        notes=_disturbance(r),
+    )

@@ -1,17 +1,4 @@
-"""The REST peer: the FastAPI + SQLModel service users would otherwise build, textbook style.
-
-The SQLModel tutorial's shape: table model plus Create/Public models, an async
-engine with `pool_pre_ping=True` and SQLAlchemy's default pool, one session per
-request through `Depends(get_session)`, `session.get` to read, `add`/`commit`/
-`refresh` to create. It maps the same `tasks` table as TaskService and answers
-with the same row as JSON. It does no more than that: no audit event, no
-reference checks beyond the foreign keys, no idempotency key; TaskService's
-CreateTask does all three, so the comparison favours the peer. uvicorn runs with
-its defaults (uvloop and httptools when installed, as `fastapi[standard]` has
-them) and `log_level="warning"`, so no access log line per request.
-
-    python -m bench.perf.rest_app --address 127.0.0.1:8000 --database-url postgresql://...
-"""
+"""The REST peer: the FastAPI + SQLModel service users would otherwise build, the tutorial's way."""
 
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations at
 # runtime, and `session_dep` is local to make_app, where a string could not be resolved.
@@ -102,6 +89,8 @@ def make_app(database_url: str) -> FastAPI:
             raise HTTPException(status_code=404, detail="Task not found")
         return task
 
+    # No audit event, reference checks beyond the foreign keys or idempotency key: TaskService's
+    # CreateTask does all three, so the comparison favours the peer.
     @app.post("/tasks", response_model=TaskPublic, status_code=201)
     async def create_task(data: TaskCreate, session: session_dep) -> Task:
         task = Task.model_validate(data)
@@ -120,6 +109,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--database-url", required=True, help="SQLAlchemy or postgresql:// URL")
     args = parser.parse_args(argv)
     host, _, port = args.address.rpartition(":")
+    # uvicorn's defaults (uvloop and httptools when installed, as `fastapi[standard]` has them);
+    # "warning" writes no access log line per request.
     uvicorn.run(make_app(args.database_url), host=host, port=int(port), log_level="warning")
 
 

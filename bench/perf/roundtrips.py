@@ -1,22 +1,10 @@
-"""PostgreSQL statements per call: how many round trips each RPC makes, on warm connections.
-
-Throughput hides why a call is slow; the statement count does not, and it does
-not depend on the machine. TaskService and the REST peer run in this process
-for this (the real server code, `service.runtime.server.start_server`, and the peer's
-`make_app`), so their engines can be watched: every statement SQLAlchemy
-executes (`before_cursor_execute`) plus what asyncpg sends by itself (asyncpg's
-query logger: the pre-ping's `BEGIN; ;  ROLLBACK`, transaction BEGIN/COMMIT/
-ROLLBACK). Each call is made a few times first, so pools are connected and
-statement caches filled; then `COUNTED` calls are counted. The hand-tuned
-server sends one statement per GetTask by construction.
-"""
+"""PostgreSQL statements per call (round trips): TaskService and the REST peer run in-process."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
 import re
-import urllib.request
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -26,10 +14,10 @@ import grpc
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bench.perf.calls import GrpcCall, HttpCall, HttpRequest
-from bench.servers import free_port
+from bench.core.servers import free_port
+from bench.perf.calls import GrpcCall, HttpCall
 
-WARM = 3
+WARM = 3  # calls first, so pools are connected and statement caches filled
 COUNTED = 10
 _TABLE = re.compile(r"\b(?:FROM|INTO|UPDATE)\s+\"?(\w+)", re.IGNORECASE)
 # Kinds in the order a call sends them; the rest (the queries) go in between.
@@ -135,22 +123,11 @@ async def count_rest(url: str, calls: dict[str, HttpCall]) -> list[StatementCoun
         while not server.started:
             await asyncio.sleep(0.05)
         for label, call in calls.items():
-            send = functools.partial(asyncio.to_thread, _send, port, call.requests[0])
+            url = f"http://127.0.0.1:{port}"
+            send = functools.partial(asyncio.to_thread, call.requests[0].send, url)
             counts.append(await log.count(label, send))
     finally:
         server.should_exit = True
         await serving
         await app.state.engine.dispose()
     return counts
-
-
-def _send(port: int, request: HttpRequest) -> None:
-    data = request.body.encode() if request.body else None
-    http_request = urllib.request.Request(
-        f"http://127.0.0.1:{port}{request.path}",
-        data=data,
-        method=request.method,
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(http_request, timeout=10) as response:
-        response.read()

@@ -1,13 +1,4 @@
-"""Who used the CPU during a measurement: the server, PostgreSQL, the load generator, the machine.
-
-Read from /proc: the server's process tree (a supervisor and its workers), every
-process named `postgres`, this process's reaped children (the load-generator
-processes, which are the only children that exit during a measurement) and
-/proc/stat for the machine as a whole. Figures are in cores (1.0 = one core
-busy for the whole measurement); "other" is the machine's busy time no one of
-those accounts for: kernel work (loopback networking) and anything else
-running on the machine, which disturbs the figures.
-"""
+"""Who used the CPU during a measurement, in cores: server, PostgreSQL, load generator, others."""
 
 from __future__ import annotations
 
@@ -18,7 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.servers import ServerProcess, cpu_seconds
+from bench.core.servers import ServerProcess, cpu_seconds
 
 QUIET_CORES = 0.3  # busy cores of a machine with nothing running but our idle servers
 DISTURBED_CORES = 0.3  # "other" CPU beyond this during a measurement: something else ran
@@ -31,7 +22,7 @@ class Snapshot:
     wall: float
     server: float
     postgres: dict[int, float]  # CPU seconds of each live `postgres` process, by pid
-    children: float
+    children: float  # this process's reaped children: the load-generator processes
     machine_busy: float
     machine_total: float
 
@@ -45,6 +36,8 @@ class Usage:
     generator: float
     other: float
     machine_busy: float  # 0..1 of all CPUs
+    # "other": the machine's busy time none of the above accounts for, kernel work (loopback
+    # networking) or another program on the machine, which disturbs the figures.
 
     @property
     def total(self) -> float:
@@ -71,7 +64,7 @@ def snapshot(server: ServerProcess) -> Snapshot:
     busy, total = _machine_jiffies()
     return Snapshot(
         wall=time.monotonic(),
-        server=server.tree_cpu_seconds(),
+        server=server.cpu_seconds(tree=True),
         postgres=postgres_cpu_seconds(),
         children=children.ru_utime + children.ru_stime,
         machine_busy=busy,

@@ -1,9 +1,4 @@
-"""The benchmark's own database: create, migrate (Alembic only), seed, check, drop.
-
-Tables come from migration 0001; the rows are COPYed in; then `upgrade head`
-builds the keyset and GIN indexes of 0002 on the loaded table, which is far
-quicker than maintaining them row by row during the load.
-"""
+"""The benchmark's own database: create, migrate (Alembic only), seed, check, drop."""
 
 from __future__ import annotations
 
@@ -14,8 +9,8 @@ from time import perf_counter
 import asyncpg
 from alembic.script import ScriptDirectory
 
-from bench.config import DatabaseConfig
-from bench.seed import seed
+from bench.core.config import DatabaseConfig
+from bench.core.seed import seed
 from service.storage.migrate import alembic_config, upgrade
 
 TABLES_REVISION = "0001"
@@ -35,6 +30,15 @@ class SeedReport:
         """Seeding wall time, tables to analysed indexes."""
         return self.copy_seconds + self.index_seconds + self.vacuum_seconds
 
+    def describe(self) -> str:
+        """How the data got there, in a line."""
+        if self.reused:
+            return "reused an already seeded database (--keep)"
+        return (
+            f"{self.total_seconds:.0f} s (tables + COPY {self.copy_seconds:.0f} s, "
+            f"indexes {self.index_seconds:.0f} s, VACUUM ANALYZE {self.vacuum_seconds:.0f} s)"
+        )
+
 
 async def prepare_database(cfg: DatabaseConfig) -> SeedReport:
     """A migrated, seeded, analysed benchmark database (reused with --keep if complete)."""
@@ -42,6 +46,8 @@ async def prepare_database(cfg: DatabaseConfig) -> SeedReport:
         return SeedReport(reused=True)
     await recreate_database(cfg)
     started = perf_counter()
+    # Tables only (0001); `upgrade head` then builds the indexes on the loaded table, far
+    # quicker than maintaining them row by row during the COPY.
     await asyncio.to_thread(upgrade, cfg.url, TABLES_REVISION)
     await seed(cfg.dsn, cfg.tasks, cfg.projects, cfg.workers)
     copied = perf_counter()
@@ -69,14 +75,8 @@ async def is_seeded(cfg: DatabaseConfig) -> bool:
         projects = await connection.fetchval("SELECT count(*) FROM projects")
     finally:
         await connection.close()
-    return bool(
-        version == head_revision(cfg.url) and (tasks, projects) == (cfg.tasks, cfg.projects)
-    )
-
-
-def head_revision(url: str) -> str | None:
-    """The newest Alembic revision of the project."""
-    return ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+    head = ScriptDirectory.from_config(alembic_config(cfg.url)).get_current_head()
+    return bool(version == head and (tasks, projects) == (cfg.tasks, cfg.projects))
 
 
 async def recreate_database(cfg: DatabaseConfig) -> None:

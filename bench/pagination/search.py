@@ -1,10 +1,4 @@
-"""ListTasks with the `tags` and `title_contains` filters, and EXPLAIN of the same SQL.
-
-Each search is timed through the real server (page 1, default order). Its
-plan is shown twice: EXPLAIN ANALYZE with the values inlined (what a custom
-plan sees), and EXPLAIN of the parameterised statement with a forced generic
-plan (what a cached prepared statement may switch to after five executions).
-"""
+"""ListTasks with the `tags` and `title_contains` filters, and EXPLAIN of the same SQL."""
 
 from __future__ import annotations
 
@@ -14,11 +8,9 @@ from dataclasses import dataclass
 import asyncpg
 import grpc
 
-from bench.config import PaginationConfig
-from bench.results import SearchRun
-from bench.seed import RARE_TAG, RARE_WORD
-from bench.sql import LIVE, TASK_COLUMNS
-from bench.timing import median_ms
+from bench.core.seed import LIVE, RARE_TAG, RARE_WORD, TASK_COLUMNS
+from bench.core.timing import medians_ms
+from bench.pagination.config import PaginationConfig
 from taskmanager.v1 import resources_pb2, task_service_pb2_grpc
 from taskmanager.v1 import task_service_pb2 as pb
 
@@ -38,6 +30,31 @@ class Search:
     generic_where: str
     generic_value: str
     index: str
+
+
+@dataclass(frozen=True)
+class SearchRun:
+    """ListTasks page 1 with one search filter, and the plans of the equivalent SQL: with the
+    values inlined (a custom plan), and the parameterised statement's forced generic plan
+    (what a cached prepared statement may switch to after five executions)."""
+
+    label: str
+    median_ms: float
+    rows: int
+    all_match: bool
+    index: str
+    plan: tuple[str, ...]
+    generic_plan: tuple[str, ...]
+
+    @property
+    def index_used(self) -> bool:
+        """Whether EXPLAIN ANALYZE (literal values) names the index."""
+        return any(self.index in line for line in self.plan)
+
+    @property
+    def generic_index_used(self) -> bool:
+        """Whether the generic plan of the parameterised statement names the index."""
+        return any(self.index in line for line in self.generic_plan)
 
 
 def searches(page_size: int) -> tuple[Search, ...]:
@@ -91,7 +108,7 @@ async def _run(
     search: Search,
     repeat: int,
 ) -> SearchRun:
-    median = await median_ms(lambda: stub.ListTasks(search.request), repeat)
+    [median] = await medians_ms(lambda: stub.ListTasks(search.request), repeat=repeat)
     reply: pb.ListTasksResponse = await stub.ListTasks(search.request)
     return SearchRun(
         label=search.label,

@@ -45,10 +45,6 @@ def _proc_value(path: str, key: str) -> str:
     return "unknown"
 
 
-def _cpus() -> int:
-    return len(os.sched_getaffinity(0))
-
-
 def _libraries() -> str:
     names = ("grpcio", "protobuf", "asyncpg", "SQLAlchemy", "sqlmodel")
     return ", ".join(f"{name} {metadata.version(name)}" for name in names)
@@ -63,7 +59,7 @@ async def describe_machine(dsn: str) -> Machine:
         await connection.close()
     memory_kib = int(_proc_value("/proc/meminfo", "MemTotal").split()[0])
     return Machine(
-        cpus=_cpus(),
+        cpus=len(os.sched_getaffinity(0)),
         cpu_model=_proc_value("/proc/cpuinfo", "model name"),
         memory_gib=memory_kib / 1024 / 1024,
         kernel=platform.release(),

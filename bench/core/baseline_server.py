@@ -1,31 +1,20 @@
-"""Hand-written asyncpg TaskService: the baselines StreamTasks and GetTask are compared with.
-
-StreamTasks (the pagination and perf benches' stream baseline) serves the
-unfiltered request only (live tasks, order create_time, then id; `batch_size`
-honoured), reading each batch with one keyset query on a pooled connection.
-GetTask (the perf bench's hand-tuned ceiling) is one `fetchrow` by id on the
-pool, whatever the view. Both build the same protobuf Task messages as the
-service's BASIC view (etag included) by hand: no ORM, no session, no token
-encryption, no validation. Every other method answers UNIMPLEMENTED. Also
-serves the gRPC health check so the bench can wait for readiness.
-
-    python -m bench.asyncpg_stream_server --address 127.0.0.1:50099 --dsn postgresql://...
-        [--loop uvloop] [--pool-size 10]
-"""
+"""Hand-written gRPC TaskServices the benches compare with: asyncpg rows, or one constant Task."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import signal
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from bench.grpc_server import add_server_options, run, serve_until_signal
-from bench.sql import LIVE, TASK_COLUMNS
+from bench.core.seed import LIVE, TASK_COLUMNS
 from taskmanager.v1 import resources_pb2, task_service_pb2_grpc
 from taskmanager.v1 import task_service_pb2 as pb
 
@@ -34,17 +23,25 @@ NEXT_BATCH = (
     f"SELECT {TASK_COLUMNS} FROM tasks WHERE {LIVE} AND (create_time, id) > ($1, $2) "
     "ORDER BY create_time, id LIMIT $3"
 )
-STATUS = {
-    "PENDING": resources_pb2.TASK_STATUS_PENDING,
-    "IN_PROGRESS": resources_pb2.TASK_STATUS_IN_PROGRESS,
-    "BLOCKED": resources_pb2.TASK_STATUS_BLOCKED,
-    "DONE": resources_pb2.TASK_STATUS_DONE,
-    "CANCELLED": resources_pb2.TASK_STATUS_CANCELLED,
-}
+STATUS = {name.removeprefix("TASK_STATUS_"): n for name, n in resources_pb2.TaskStatus.items()}
 GET_TASK = f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1"
 DEFAULT_BATCH = 500
 DEFAULT_POOL_SIZE = 10
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Shaped like a seeded row in the BASIC view.
+CONSTANT_TASK = resources_pb2.Task(
+    id=4242,
+    project_id=42,
+    title="Fix login flow #4242",
+    description="Benchmark task 4242 of project 42.",
+    status=resources_pb2.TASK_STATUS_IN_PROGRESS,
+    priority=resources_pb2.TASK_PRIORITY_MEDIUM,
+    tags=["backend", "perf"],
+    assignee_id=17,
+    etag='"1"',
+)
+CONSTANT_TASK.create_time.FromSeconds(1_735_689_600)
+CONSTANT_TASK.update_time.FromSeconds(1_735_776_000)
 
 
 def _set_time(value: datetime, target: Any) -> None:
@@ -82,7 +79,8 @@ def _is_unfiltered(request: pb.StreamTasksRequest) -> bool:
 
 
 class AsyncpgTaskServicer(task_service_pb2_grpc.TaskServiceServicer):
-    """StreamTasks and GetTask only, straight from asyncpg rows."""
+    """StreamTasks (unfiltered, keyset batches) and GetTask (one fetchrow) straight from asyncpg
+    rows: the service's BASIC-view messages without ORM, session, token encryption or checks."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
@@ -123,30 +121,64 @@ class AsyncpgTaskServicer(task_service_pb2_grpc.TaskServiceServicer):
             return list(await connection.fetch(NEXT_BATCH, *after, limit))
 
 
-async def serve(address: str, dsn: str, pool_size: int = DEFAULT_POOL_SIZE) -> None:
-    """Serve until SIGTERM or SIGINT."""
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=pool_size)
-    # Only StreamTasks and GetTask are implemented; the others answer UNIMPLEMENTED.
-    servicer = AsyncpgTaskServicer(pool)  # type: ignore[abstract]
+class ConstantTaskServicer(task_service_pb2_grpc.TaskServiceServicer):
+    """The transport ceiling: every GetTask answers CONSTANT_TASK, no database, no checks."""
+
+    # gRPC fixes the signature; the answer ignores the request.
+    async def GetTask(
+        self,
+        request: pb.GetTaskRequest,  # noqa: ARG002
+        context: grpc.aio.ServicerContext[Any, Any],  # noqa: ARG002
+    ) -> resources_pb2.Task:
+        return CONSTANT_TASK
+
+
+async def serve(address: str, servicer: task_service_pb2_grpc.TaskServiceServicer) -> None:
+    """Serve `servicer` and the health check (the bench's readiness probe) until a signal.
+
+    Methods a servicer does not define answer UNIMPLEMENTED."""
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    task_service_pb2_grpc.add_TaskServiceServicer_to_server(servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    if server.add_insecure_port(address) == 0:
+        raise SystemExit(f"cannot listen on {address}")
+    await server.start()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await server.stop(1)
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    if args.constant:
+        await serve(args.address, ConstantTaskServicer())  # type: ignore[abstract]
+        return
+    pool = await asyncpg.create_pool(args.dsn, min_size=1, max_size=args.pool_size)
     try:
-        await serve_until_signal(
-            address,
-            lambda server: task_service_pb2_grpc.add_TaskServiceServicer_to_server(
-                servicer, server
-            ),
-        )
+        await serve(args.address, AsyncpgTaskServicer(pool))  # type: ignore[abstract]
     finally:
         await pool.close()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of `python -m bench.asyncpg_stream_server`."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    add_server_options(parser)
-    parser.add_argument("--dsn", required=True, help="asyncpg DSN of the seeded database")
+    """Entry point of `python -m bench.core.baseline_server`."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--address", required=True, help="host:port to listen on")
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dsn", help="asyncpg DSN of the seeded database")
+    source.add_argument("--constant", action="store_true", help="GetTask only, no database")
     parser.add_argument("--pool-size", type=int, default=DEFAULT_POOL_SIZE, help="connections")
     args = parser.parse_args(argv)
-    run(lambda: serve(args.address, args.dsn, args.pool_size), args.loop)
+    if args.loop == "uvloop":
+        import uvloop
+
+        uvloop.run(_serve(args))
+    else:
+        asyncio.run(_serve(args))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""What every benchmark shares: configuration, database and seeding, servers, streams, reports."""

@@ -1,0 +1,1 @@
+"""The pagination benchmark: keyset pages against OFFSET, StreamTasks against asyncpg, searches."""
