@@ -1,8 +1,8 @@
 """The contract as tools outside Python see it: buf lint/breaking rules and buf curl.
 
 buf comes from the `buf-bin` dev dependency. The lint/breaking tests build their own
-throw-away buf workspaces (buf.yaml + protos/ + google/api copied from the
-googleapis-common-protos package), as `make buf-lint` / `make buf-breaking` do.
+throw-away buf workspaces (buf.yaml + protos/, which vendors the googleapis file it
+imports), as `make buf-lint` / `make buf-breaking` do.
 """
 
 from __future__ import annotations
@@ -19,14 +19,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import google.api
 import pytest
 
 from service.runtime.server import TaskServer, start_server
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-GOOGLEAPIS_PROTOS = Path(google.api.__path__[0]).parent.parent
 RESOURCES = "protos/taskmanager/v1/resources.proto"
 
 
@@ -40,14 +38,10 @@ def buf_binary() -> str:
 
 
 def make_workspace(path: Path) -> Path:
-    """A buf workspace like the repository's, with .protodeps filled as `make protodeps`."""
+    """A buf workspace like the repository's: buf.yaml and protos/, nothing else."""
     path.mkdir(parents=True)
     shutil.copy(ROOT / "buf.yaml", path / "buf.yaml")
     shutil.copytree(ROOT / "protos", path / "protos")
-    api = path / ".protodeps" / "googleapis" / "google" / "api"
-    api.mkdir(parents=True)
-    for proto in (GOOGLEAPIS_PROTOS / "google" / "api").glob("*.proto"):
-        shutil.copy(proto, api)
     return path
 
 
@@ -78,7 +72,7 @@ def test_buf_lint_still_enforces_standard_rules(tmp_path: Path) -> None:
     done = buf("lint", cwd=workspace)
     assert done.returncode != 0
     assert "ENUM_VALUE_PREFIX" in done.stdout or "prefixed with" in done.stdout, done.stdout
-    assert ".protodeps" not in done.stdout  # third-party files are not linted
+    assert "protos/google" not in done.stdout  # third-party files are not linted
 
 
 def test_buf_breaking_accepts_an_added_field(tmp_path: Path) -> None:
