@@ -9,9 +9,11 @@
 // protos/ is all it needs: the googleapis file the contract imports is vendored
 // there (protos/google/api/), and google/protobuf/* ships with proto-loader.
 // The channel loads the published service config (service_config.json beside the
-// protos): reads and creates are retried on UNAVAILABLE, calls wait for the server
-// to be reachable and unary calls get a 30 s deadline. Creates are retried only
-// because each carries a request_id (AIP-155: a repeated id gets the first answer).
+// protos): reads and creates are retried on UNAVAILABLE and unary calls get a 30 s
+// deadline. Creates are retried only because each carries a request_id (AIP-155: a
+// repeated id gets the first answer). grpc-js ignores the config's waitForReady, so
+// each call asks for it itself (callMetadata below): it waits while the server is
+// unreachable (e.g. restarting) instead of failing at once.
 // The last line printed is `RESULT {...}`: a JSON summary for scripts.
 'use strict';
 
@@ -46,10 +48,17 @@ function loadServices() {
   };
 }
 
+// What every call sends: no headers, but wait for ready (see the top of this file).
+function callMetadata() {
+  return new grpc.Metadata({ waitForReady: true });
+}
+
 // A unary call as a promise; its deadline comes from the service config.
 function unary(client, method, request) {
   return new Promise((resolve, reject) => {
-    client[method](request, (error, response) => (error ? reject(error) : resolve(response)));
+    client[method](request, callMetadata(), (error, response) =>
+      error ? reject(error) : resolve(response),
+    );
   });
 }
 
@@ -57,7 +66,9 @@ function unary(client, method, request) {
 function stream(client, method, request) {
   return new Promise((resolve, reject) => {
     const batches = [];
-    const call = client[method](request, { deadline: new Date(Date.now() + STREAM_DEADLINE_MS) });
+    const call = client[method](request, callMetadata(), {
+      deadline: new Date(Date.now() + STREAM_DEADLINE_MS),
+    });
     call.on('data', (batch) => batches.push(batch));
     call.on('error', reject);
     call.on('end', () => resolve(batches));
