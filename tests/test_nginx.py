@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import re
 import time
 import uuid
 from collections import Counter
@@ -32,7 +33,7 @@ from taskmanager.v1 import (
 )
 from tests.infra.clients import retrying_channel
 from tests.infra.databases import asyncpg_dsn, throwaway_postgres
-from tests.infra.nginx import Nginx, running_nginx
+from tests.infra.nginx import SHIPPED_SITE, Nginx, render_site, running_nginx
 from tests.infra.ports import free_ports
 from tests.infra.server_process import ServerProcess, server_processes
 
@@ -89,6 +90,21 @@ async def new_project(channel: grpc.aio.Channel, tasks: int) -> tuple[int, list[
         )
         ids.append(task.id)
     return project.id, ids
+
+
+# --- the shipped file is what runs ------------------------------------------------------------
+
+
+def test_the_tests_change_only_the_addresses_of_the_shipped_config() -> None:
+    shipped = SHIPPED_SITE.read_text()
+    rendered = render_site(shipped, listen="127.0.0.1:1", upstreams=["127.0.0.1:2", "[::1]:3"])
+    addresses = re.compile(r"^\s+(listen|server) .*\n", re.M)
+    assert addresses.sub("", rendered) == addresses.sub("", shipped)
+    assert re.findall(r"^\s+(?:listen|server) (.*);$", rendered, re.M) == [
+        "127.0.0.1:2 max_fails=0",
+        "[::1]:3 max_fails=0",
+        "127.0.0.1:1 http2",
+    ]
 
 
 # --- the config's answers of its own --------------------------------------------------------
