@@ -7,19 +7,14 @@ replicas are separate processes so that a SIGKILL is a real crash.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import re
-import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 
-import asyncpg
 import grpc
 import pytest
-from google.protobuf import field_mask_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.runtime.server import start_server
@@ -32,64 +27,31 @@ from taskmanager.v1 import (
     task_service_pb2_grpc,
 )
 from tests.infra.clients import retrying_channel
-from tests.infra.databases import asyncpg_dsn, throwaway_postgres
+from tests.infra.cluster import Cluster, balanced_cluster
+from tests.infra.mixed_load import MixedLoad, new_project, stored_creates
 from tests.infra.nginx import SHIPPED_SITE, Nginx, render_site, running_nginx
 from tests.infra.ports import free_ports
-from tests.infra.server_process import ServerProcess, server_processes
 
 log = logging.getLogger(__name__)
-SECRET = "balanced-replicas-share-this-page-token-secret"
 TIMEOUT = 30.0
 
 
-@dataclass
-class Cluster:
-    """Three replicas on one PostgreSQL database behind one nginx."""
-
-    database_url: str
-    replicas: list[ServerProcess]
-    nginx: Nginx
+def tag() -> tuple[str, tuple[tuple[str, str]]]:
+    """A fresh tag and the call metadata carrying it (nginx logs it: see tests/infra/nginx.py)."""
+    value = uuid.uuid4().hex
+    return value, (("x-test-tag", value),)
 
 
 @pytest.fixture(scope="module")
 async def cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cluster]:
-    directory = tmp_path_factory.mktemp("cluster")
-    async with (
-        throwaway_postgres("nginx") as database_url,
-        server_processes(
-            3, database_url, directory / "replicas", args=("--page-token-secret", SECRET)
-        ) as replicas,
-        running_nginx(directory / "nginx", [replica.address for replica in replicas]) as nginx,
-    ):
-        yield Cluster(database_url, replicas, nginx)
+    async with balanced_cluster(tmp_path_factory.mktemp("cluster")) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
 async def through_nginx(cluster: Cluster) -> AsyncIterator[grpc.aio.Channel]:
     async with retrying_channel(cluster.nginx.address) as channel:
         yield channel
-
-
-async def new_project(channel: grpc.aio.Channel, tasks: int) -> tuple[int, list[int]]:
-    """A project with `tasks` tasks, created through `channel`; (project id, task ids)."""
-    projects = project_service_pb2_grpc.ProjectServiceStub(channel)
-    project = await projects.CreateProject(
-        project_service_pb2.CreateProjectRequest(
-            project=resources_pb2.Project(name=f"nginx-{uuid.uuid4().hex[:10]}"),
-            request_id=str(uuid.uuid4()),
-        )
-    )
-    stub = task_service_pb2_grpc.TaskServiceStub(channel)
-    ids = []
-    for index in range(tasks):
-        task = await stub.CreateTask(
-            task_service_pb2.CreateTaskRequest(
-                task=resources_pb2.Task(project_id=project.id, title=f"seed {index}"),
-                request_id=str(uuid.uuid4()),
-            )
-        )
-        ids.append(task.id)
-    return project.id, ids
 
 
 # --- the shipped file is what runs ------------------------------------------------------------
@@ -121,13 +83,16 @@ async def nginx_without_replicas(tmp_path_factory: pytest.TempPathFactory) -> As
 async def test_no_replica_answering_is_unavailable_not_an_html_page(
     nginx_without_replicas: Nginx,
 ) -> None:
+    name, metadata = tag()
     async with grpc.aio.insecure_channel(nginx_without_replicas.address) as channel:
         projects = project_service_pb2_grpc.ProjectServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as raised:
-            await projects.ListProjects(project_service_pb2.ListProjectsRequest(), timeout=TIMEOUT)
+            await projects.ListProjects(
+                project_service_pb2.ListProjectsRequest(), timeout=TIMEOUT, metadata=metadata
+            )
     assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
     assert raised.value.details() == "no replica answered (nginx)"
-    [request] = nginx_without_replicas.requests()
+    [request] = await nginx_without_replicas.logged(name, 1)
     assert request["upstream_status"] == "502, 502"  # both replicas tried, none answered
     assert request["own_grpc_status"] == "14"
 
@@ -155,12 +120,14 @@ async def test_a_request_above_nginx_default_body_limit_reaches_the_server(
 async def test_calls_are_balanced_over_every_replica(
     cluster: Cluster, through_nginx: grpc.aio.Channel
 ) -> None:
-    before = len(cluster.nginx.requests())
+    name, metadata = tag()
     health = health_pb2_grpc.HealthStub(through_nginx)
     for _ in range(30):
-        response = await health.Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT)
+        response = await health.Check(
+            health_pb2.HealthCheckRequest(), timeout=TIMEOUT, metadata=metadata
+        )
         assert response.status == health_pb2.HealthCheckResponse.SERVING
-    served_by = Counter(entry["upstream"] for entry in cluster.nginx.requests()[before:])
+    served_by = Counter(entry["upstream"] for entry in await cluster.nginx.logged(name, 30))
     assert set(served_by) == {replica.address for replica in cluster.replicas}
     assert min(served_by.values()) >= 5, served_by
 
@@ -169,14 +136,14 @@ async def test_one_client_connection_carries_well_over_1000_calls(
     cluster: Cluster, through_nginx: grpc.aio.Channel
 ) -> None:
     """nginx's default keepalive_requests (1000) would end the connection with GOAWAY."""
+    name, metadata = tag()
     health = health_pb2_grpc.HealthStub(through_nginx)
     request = health_pb2.HealthCheckRequest()
-    await health.Check(request, timeout=TIMEOUT)
-    before = len(cluster.nginx.requests())
     for _ in range(60):  # 1,200 calls, 20 at a time
-        await asyncio.gather(*(health.Check(request, timeout=TIMEOUT) for _ in range(20)))
-    entries = cluster.nginx.requests()[before:]
-    assert len(entries) == 1200
+        await asyncio.gather(
+            *(health.Check(request, timeout=TIMEOUT, metadata=metadata) for _ in range(20))
+        )
+    entries = await cluster.nginx.logged(name, 1200)
     assert {entry["connection"] for entry in entries} == {entries[0]["connection"]}
     assert max(int(entry["connection_requests"]) for entry in entries) > 1200
 
@@ -244,174 +211,33 @@ async def test_page_and_resume_tokens_from_one_replica_work_on_every_other(
 # --- a replica crashes under mixed load ------------------------------------------------------
 
 
-def stream_was_cut(error: grpc.aio.AioRpcError) -> bool:
-    """A stream broken by its replica's death: UNAVAILABLE, or nginx's reset of it.
-
-    When a replica dies after its response began, nginx can no longer answer a status and
-    resets the client's stream (RST_STREAM INTERNAL_ERROR), which gRPC reports as INTERNAL.
-    """
-    if error.code() == grpc.StatusCode.UNAVAILABLE:
-        return True
-    return error.code() == grpc.StatusCode.INTERNAL and "RST_STREAM" in (error.details() or "")
-
-
-@dataclass
-class Load:
-    """Mixed traffic through one channel with the retry policy, and what came of it."""
-
-    channel: grpc.aio.Channel
-    project_id: int  # seeded tasks only: lists and streams know what to expect
-    seeded: list[int]
-    creates_project_id: int
-    calls: Counter[str] = field(default_factory=Counter)
-    failures: list[tuple[str, str, str]] = field(default_factory=list)
-    update_failures: Counter[str] = field(default_factory=Counter)
-    created: dict[str, int] = field(default_factory=dict)  # request_id -> task id
-    stream_resumes: Counter[str] = field(default_factory=Counter)
-    turns: itertools.count[int] = field(default_factory=itertools.count)
-
-    @property
-    def tasks(self) -> task_service_pb2_grpc.TaskServiceStub:
-        return task_service_pb2_grpc.TaskServiceStub(self.channel)
-
-    async def create(self) -> None:
-        request_id = str(uuid.uuid4())
-        task = await self.tasks.CreateTask(
-            task_service_pb2.CreateTaskRequest(
-                task=resources_pb2.Task(
-                    project_id=self.creates_project_id, title=f"load {request_id}"
-                ),
-                request_id=request_id,
-            )
-        )
-        self.created[request_id] = task.id
-
-    async def get(self) -> None:
-        task_id = self.seeded[next(self.turns) % len(self.seeded)]
-        task = await self.tasks.GetTask(task_service_pb2.GetTaskRequest(id=task_id))
-        assert task.id == task_id
-
-    async def list(self) -> None:
-        request = task_service_pb2.ListTasksRequest(
-            project_id=self.project_id, page_size=10, order_by="create_time"
-        )
-        first = await self.tasks.ListTasks(request)
-        request.page_token = first.next_page_token
-        second = await self.tasks.ListTasks(request)
-        assert [task.id for task in first.tasks] == self.seeded[:10]
-        assert [task.id for task in second.tasks] == self.seeded[10:20]
-
-    async def stream(self) -> None:
-        """Every task of the project in batches; a stream cut after data resumes from its token."""
-        request = task_service_pb2.StreamTasksRequest(project_id=self.project_id, batch_size=5)
-        seen: list[int] = []
-        while True:
-            try:
-                async for batch in self.tasks.StreamTasks(request, timeout=TIMEOUT):
-                    seen.extend(task.id for task in batch.tasks)
-                    request.resume_token = batch.resume_token
-                break
-            except grpc.aio.AioRpcError as error:
-                # The retry policy cannot replay a stream that already delivered data;
-                # the resume token lets the client go on from there (README: Streams).
-                if not (request.resume_token and stream_was_cut(error)):
-                    raise
-                self.stream_resumes[f"{error.code().name}: {error.details()}"] += 1
-        assert seen == self.seeded
-
-    async def update(self) -> None:
-        """Not idempotent, so not retried: its failures are counted, not hidden."""
-        turn = next(self.turns)
-        request = task_service_pb2.UpdateTaskRequest(
-            task=resources_pb2.Task(
-                id=self.seeded[turn % len(self.seeded)], description=f"turn {turn}"
-            ),
-            update_mask=field_mask_pb2.FieldMask(paths=["description"]),
-        )
-        try:
-            await self.tasks.UpdateTask(request)
-        except grpc.aio.AioRpcError as error:
-            self.update_failures[error.code().name] += 1
-
-    async def run_worker(self, worker: int, stop: asyncio.Event) -> None:
-        operations: list[Callable[[], Awaitable[None]]] = [
-            self.create,
-            self.get,
-            self.list,
-            self.stream,
-            self.create,
-            self.get,
-            self.update,
-        ]
-        turn = 0
-        while not stop.is_set():
-            operation = operations[(worker + turn) % len(operations)]
-            self.calls[operation.__name__] += 1
-            try:
-                await operation()
-            except grpc.aio.AioRpcError as error:
-                self.failures.append((operation.__name__, error.code().name, error.details()))
-            turn += 1
-
-
-async def _until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        await asyncio.sleep(0.02)
-
-
 async def test_sigkill_of_a_replica_under_load_fails_no_idempotent_call(
     cluster: Cluster, through_nginx: grpc.aio.Channel
 ) -> None:
-    project_id, seeded = await new_project(through_nginx, tasks=20)
-    creates_project_id, _ = await new_project(through_nginx, tasks=0)
-    load = Load(through_nginx, project_id, seeded, creates_project_id)
+    load = await MixedLoad.prepare(through_nginx)
     victim = cluster.replicas[1]
     before = len(cluster.nginx.requests())
-    stop = asyncio.Event()
-    workers = [asyncio.create_task(load.run_worker(n, stop)) for n in range(24)]
-    try:
-        await _until(lambda: sum(load.calls.values()) >= 150, "the load is under way")
+    async with load.running(callers=24):
+        await load.wait_for_calls(150)
         await victim.kill()
-        killed_at = sum(load.calls.values())
-        await _until(lambda: sum(load.calls.values()) >= killed_at + 300, "load on two replicas")
+        await load.wait_for_calls(300)  # on two replicas
         await victim.start()  # back on its port: nginx sends it calls again
-        restarted_at = sum(load.calls.values())
-        await _until(lambda: sum(load.calls.values()) >= restarted_at + 150, "load on three")
-    finally:
-        stop.set()
-        await asyncio.gather(*workers)
+        await load.wait_for_calls(150)
 
     entries = cluster.nginx.requests()[before:]
-    unavailable_answers = sum(1 for entry in entries if entry["own_grpc_status"] == "14")
-    figures = {
-        "calls": dict(load.calls),
-        "creates": len(load.created),
-        "failed": len(load.failures),
-        "nginx_unavailable_answers": unavailable_answers,
-        "stream_resumes": dict(load.stream_resumes),
-        "update_failures": dict(load.update_failures),
-    }
+    figures = load.figures()
+    figures["nginx_unavailable_answers"] = sum(e["own_grpc_status"] == "14" for e in entries)
     log.info("SIGKILL of one replica under load: %s", figures)
     assert load.failures == [], figures
     # The crash did hit calls in flight: nginx answered them UNAVAILABLE and the policy
     # retried them on another replica.
-    assert unavailable_answers > 0, figures
+    assert figures["nginx_unavailable_answers"], figures
     # A non-retried write may fail, but only as UNAVAILABLE (the caller re-reads and decides).
     assert set(load.update_failures) <= {"UNAVAILABLE"}, figures
     served_by = Counter(entry["upstream"].split(", ")[-1] for entry in entries)
     assert served_by[victim.address] > 0, "the restarted replica never served again"
 
     # No retried create made a second task: one row per request_id, the id it answered.
-    connection = await asyncpg.connect(asyncpg_dsn(cluster.database_url), timeout=TIMEOUT)
-    try:
-        rows = await connection.fetch(
-            "SELECT title, id FROM tasks WHERE project_id = $1",
-            creates_project_id,
-        )
-    finally:
-        await connection.close()
-    stored = Counter(row["title"] for row in rows)
-    assert [title for title, count in stored.items() if count > 1] == []
-    assert {row["title"].removeprefix("load "): row["id"] for row in rows} == load.created
+    stored = await stored_creates(cluster.database_url, load)
+    assert len(stored) == len(load.created)
+    assert dict(stored) == load.created

@@ -32,13 +32,15 @@ UPSTREAM_BLOCK = re.compile(r"^upstream taskservice \{\n(?P<body>.*?)^\}", re.M 
 UPSTREAM_SERVER = re.compile(r"^(?P<indent>[ \t]+)server \S+(?P<params>[^;\n]*);\n", re.M)
 LISTEN = re.compile(r"^(?P<indent>[ \t]+)listen \S+(?P<params>[^;\n]*);$", re.M)
 
-# One JSON object per request: what the tests read back (attempts, statuses, connections).
+# One JSON object per request: what the tests read back (attempts, statuses, connections);
+# `tag` is the call's x-test-tag metadata, so a test finds its own calls.
 ACCESS_LOG_FORMAT = (
     "log_format test escape=json '{"
     '"status":"$status","uri":"$request_uri","upstream":"$upstream_addr",'
     '"upstream_status":"$upstream_status",'
     '"grpc_status":"$upstream_trailer_grpc_status","own_grpc_status":"$sent_http_grpc_status",'
-    '"connection":"$connection","connection_requests":"$connection_requests"'
+    '"connection":"$connection","connection_requests":"$connection_requests",'
+    '"tag":"$http_x_test_tag"'
     "}';"
 )
 
@@ -185,6 +187,15 @@ class Nginx:
             return []
         lines = self.access_log.read_text().splitlines()
         return [json.loads(line) for line in lines if line.strip()]
+
+    async def logged(self, tag: str, count: int, timeout: float = 30.0) -> list[dict[str, Any]]:
+        """The `count` calls sent with x-test-tag `tag`, once logged (nginx logs after replying)."""
+        deadline = time.monotonic() + timeout
+        while len(tagged := [entry for entry in self.requests() if entry["tag"] == tag]) < count:
+            assert time.monotonic() < deadline, f"nginx logged {len(tagged)} of {count} calls"
+            await asyncio.sleep(0.02)
+        assert len(tagged) == count, f"{len(tagged)} calls tagged {tag}, not {count}"
+        return tagged
 
 
 @asynccontextmanager
