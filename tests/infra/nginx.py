@@ -1,10 +1,4 @@
-"""Real nginx running the shipped deploy/nginx/taskservice.conf, confined to a temp dir.
-
-render_site() takes the shipped file and changes only its `listen` line and the `server`
-lines of its upstream; Nginx wraps it in a minimal main config whose pid, logs and temp
-files all live in the temp dir (never the machine's /var paths) and runs
-`nginx -p DIR -c DIR/nginx.conf -e DIR/error.log -g 'daemon off;'` in the foreground.
-"""
+"""Real nginx running the shipped deploy/nginx/taskservice.conf, confined to a temp dir."""
 
 from __future__ import annotations
 
@@ -97,7 +91,13 @@ http {{
 
 @dataclass
 class Nginx:
-    """nginx in the foreground, balancing `upstreams` on 127.0.0.1:`port`."""
+    """nginx in the foreground, balancing `upstreams` on 127.0.0.1:`port`.
+
+    The site is the shipped file with only its `listen` and upstream `server` lines changed
+    (render_site), inside a main config of our own whose pid, logs and temp files all live
+    in `directory`, never the machine's /var paths:
+    `nginx -p DIR -c DIR/nginx.conf -e DIR/error.log -g 'daemon off;'`.
+    """
 
     directory: Path
     port: int
