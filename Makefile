@@ -7,16 +7,14 @@ PY := $(BIN)/python
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 LINT_DIRS := service tests migrations $(wildcard bench)
 BENCH ?= pagination perf
-PROTO_FILES := $(shell find protos -name '*.proto' | sort)
-# googleapis-common-protos ships google/api/*.proto next to its modules.
-GOOGLEAPIS_INCLUDE = $(shell $(PY) -c 'import google.api, os; print(os.path.dirname(os.path.dirname(google.api.__path__[0])))')
+# Our contract only: the googleapis files vendored under protos/google/ are imported, not
+# generated (Python's google.api modules come from googleapis-common-protos).
+PROTO_FILES := $(shell find protos/taskmanager -name '*.proto' | sort)
 
 .PHONY: install proto check-generated lint test run migrate bench clean
-.PHONY: protodeps buf-lint buf-breaking examples-node docs system-deps
+.PHONY: buf-lint buf-breaking examples-node docs system-deps
 
 BUF := $(BIN)/buf
-# google/api/*.proto for buf, copied from googleapis-common-protos (see buf.yaml).
-PROTODEPS := .protodeps/googleapis
 # buf-breaking compares protos/ of the working tree with this commit's.
 BUF_AGAINST ?= HEAD~1
 
@@ -31,7 +29,7 @@ $(STAMP): pyproject.toml
 proto: install
 	rm -rf generated/taskmanager
 	mkdir -p generated
-	PATH="$(abspath $(BIN)):$$PATH" $(PY) -m grpc_tools.protoc -I protos -I $(GOOGLEAPIS_INCLUDE) \
+	PATH="$(abspath $(BIN)):$$PATH" $(PY) -m grpc_tools.protoc -I protos \
 	  --python_out=generated --grpc_python_out=generated \
 	  --mypy_out=generated --mypy_grpc_out=generated $(PROTO_FILES)
 	touch generated/taskmanager/__init__.py generated/taskmanager/v1/__init__.py
@@ -65,17 +63,12 @@ bench: install system-deps
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
 
-protodeps: install
-	rm -rf $(PROTODEPS)
-	mkdir -p $(PROTODEPS)/google/api
-	cp $(GOOGLEAPIS_INCLUDE)/google/api/*.proto $(PROTODEPS)/google/api/
-
-buf-lint: protodeps
+buf-lint: install
 	$(BUF) lint
 
-# The against side is built from `git archive` plus today's buf.yaml and .protodeps
-# (neither is in git), so it works offline and for commits made before buf.yaml existed.
-buf-breaking: protodeps
+# The against side is built from `git archive` plus today's buf.yaml and vendored
+# protos/google/ (for commits made before either was committed), so it works offline.
+buf-breaking: install
 	@set -euo pipefail; \
 	if ! git rev-parse --quiet --verify '$(BUF_AGAINST)^{commit}' >/dev/null \
 	    && [ "$$(git rev-parse --is-shallow-repository)" = true ]; then \
@@ -96,7 +89,8 @@ buf-breaking: protodeps
 	fi; \
 	against=$$(mktemp -d); trap 'rm -rf "$$against"' EXIT; \
 	git archive '$(BUF_AGAINST)' protos | tar -x -C "$$against"; \
-	cp -R buf.yaml .protodeps "$$against"/; \
+	cp buf.yaml "$$against"/; \
+	cp -R -n protos/google "$$against"/protos/; \
 	echo "buf breaking: protos/ against $(BUF_AGAINST) ($$(git rev-parse --short '$(BUF_AGAINST)'))"; \
 	$(BUF) breaking --against "$$against"
 

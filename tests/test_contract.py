@@ -1,8 +1,8 @@
 """The contract as tools outside Python see it: buf lint/breaking rules and buf curl.
 
 buf comes from the `buf-bin` dev dependency. The lint/breaking tests build their own
-throw-away buf workspaces (buf.yaml + protos/ + google/api copied from the
-googleapis-common-protos package), as `make buf-lint` / `make buf-breaking` do.
+throw-away buf workspaces (buf.yaml + protos/, which vendors the googleapis file it
+imports), as `make buf-lint` / `make buf-breaking` do.
 """
 
 from __future__ import annotations
@@ -19,14 +19,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import google.api
 import pytest
+from google.api import field_behavior_pb2
+from google.protobuf import descriptor_pb2, descriptor_pool
+from grpc_tools import protoc
 
 from service.runtime.server import TaskServer, start_server
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-GOOGLEAPIS_PROTOS = Path(google.api.__path__[0]).parent.parent
 RESOURCES = "protos/taskmanager/v1/resources.proto"
 
 
@@ -40,14 +41,10 @@ def buf_binary() -> str:
 
 
 def make_workspace(path: Path) -> Path:
-    """A buf workspace like the repository's, with .protodeps filled as `make protodeps`."""
+    """A buf workspace like the repository's: buf.yaml and protos/, nothing else."""
     path.mkdir(parents=True)
     shutil.copy(ROOT / "buf.yaml", path / "buf.yaml")
     shutil.copytree(ROOT / "protos", path / "protos")
-    api = path / ".protodeps" / "googleapis" / "google" / "api"
-    api.mkdir(parents=True)
-    for proto in (GOOGLEAPIS_PROTOS / "google" / "api").glob("*.proto"):
-        shutil.copy(proto, api)
     return path
 
 
@@ -78,7 +75,7 @@ def test_buf_lint_still_enforces_standard_rules(tmp_path: Path) -> None:
     done = buf("lint", cwd=workspace)
     assert done.returncode != 0
     assert "ENUM_VALUE_PREFIX" in done.stdout or "prefixed with" in done.stdout, done.stdout
-    assert ".protodeps" not in done.stdout  # third-party files are not linted
+    assert "protos/google" not in done.stdout  # third-party files are not linted
 
 
 def test_buf_breaking_accepts_an_added_field(tmp_path: Path) -> None:
@@ -229,3 +226,66 @@ async def test_buf_curl_shows_rich_errors(live_server: TaskServer, tmp_path: Pat
     error = json.loads(output)
     assert error["code"] == "already_exists"
     assert "google.rpc.ErrorInfo" in [detail["type"] for detail in error["details"]]
+
+
+# --- protos/ is self-contained ----------------------------------------------------------------
+
+PROTOS = ROOT / "protos"
+IMPORT = re.compile(r'^import\s+(?:public\s+|weak\s+)?"([^"]+)";', re.M)
+
+
+def transitive_imports(start: list[str]) -> set[str]:
+    """Files under protos/ that `start` imports, directly or not (google/protobuf excluded)."""
+    found: set[str] = set()
+    pending = list(start)
+    while pending:
+        for imported in IMPORT.findall((PROTOS / pending.pop()).read_text()):
+            if imported.startswith("google/protobuf/") or imported in found:
+                continue  # the well-known types ship with every protoc
+            assert (PROTOS / imported).is_file(), f"{imported} is imported but not in protos/"
+            found.add(imported)
+            pending.append(imported)
+    return found
+
+
+def test_vendored_protos_are_exactly_what_the_contract_imports() -> None:
+    ours = sorted(str(p.relative_to(PROTOS)) for p in (PROTOS / "taskmanager").rglob("*.proto"))
+    vendored = {
+        str(path.relative_to(PROTOS))
+        for path in PROTOS.rglob("*.proto")
+        if not path.is_relative_to(PROTOS / "taskmanager")
+    }
+    assert vendored == transitive_imports(ours) - set(ours)
+    for proto in vendored:  # googleapis' licence travels with its files
+        assert "Apache License" in (PROTOS / proto).parent.joinpath("LICENSE").read_text()
+
+
+def compile_protos(files: list[str], out: Path) -> descriptor_pb2.FileDescriptorSet:
+    """`protoc -I protos`, plus protoc's own include dir (google/protobuf/*, in every protoc)."""
+    well_known = Path(protoc.__file__).parent / "_proto"
+    args = ["protoc", f"-I{PROTOS}", f"-I{well_known}", "--include_imports"]
+    args.append(f"--descriptor_set_out={out}")
+    assert protoc.main([*args, *files]) == 0
+    compiled = descriptor_pb2.FileDescriptorSet()
+    compiled.ParseFromString(out.read_bytes())
+    return compiled
+
+
+def test_protos_compile_with_only_protos_on_the_include_path(tmp_path: Path) -> None:
+    """What a Go/Java/Node team does after copying protos/: protoc -I protos, nothing else."""
+    ours = sorted(str(p.relative_to(PROTOS)) for p in (PROTOS / "taskmanager").rglob("*.proto"))
+    compiled = compile_protos(ours, tmp_path / "set.pb")
+    assert {file.name for file in compiled.file} >= {*ours, "google/api/field_behavior.proto"}
+
+
+def test_vendored_field_behavior_agrees_with_the_python_runtime(tmp_path: Path) -> None:
+    """Python's stubs use googleapis-common-protos' copy: the vendored one must mean the same."""
+    pool = descriptor_pool.DescriptorPool()
+    for file in compile_protos(["google/api/field_behavior.proto"], tmp_path / "set.pb").file:
+        pool.Add(file)
+    vendored = pool.FindEnumTypeByName("google.api.FieldBehavior").values_by_name
+    runtime = field_behavior_pb2.FieldBehavior.DESCRIPTOR.values_by_name
+    for name, value in vendored.items():
+        assert runtime[name].number == value.number, name
+    extension = pool.FindExtensionByName("google.api.field_behavior")
+    assert extension.number == field_behavior_pb2.field_behavior.number

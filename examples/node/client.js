@@ -6,34 +6,33 @@
 //   npm ci                                   # once, in examples/node
 //   node client.js [host:port]               # default localhost:50051
 //
-// The protos import google/api/field_behavior.proto. It is looked up in
-// $GOOGLEAPIS_PROTOS, else in ../../.protodeps/googleapis (`make protodeps`
-// copies it there from the googleapis-common-protos Python package).
+// protos/ is all it needs: the googleapis file the contract imports is vendored
+// there (protos/google/api/), and google/protobuf/* ships with proto-loader.
+// The channel loads the published service config (service_config.json beside the
+// protos): reads and creates are retried on UNAVAILABLE and unary calls get a 30 s
+// deadline. Creates are retried only because each carries a request_id (AIP-155: a
+// repeated id gets the first answer). grpc-js ignores the config's waitForReady, so
+// each call asks for it itself (callMetadata below): it waits while the server is
+// unreachable (e.g. restarting) instead of failing at once.
 // The last line printed is `RESULT {...}`: a JSON summary for scripts.
 'use strict';
 
+const crypto = require('node:crypto');
 const fs = require('node:fs');
 const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
 
-const REPO = path.resolve(__dirname, '..', '..');
-const PROTOS = path.join(REPO, 'protos');
-const GOOGLEAPIS = process.env.GOOGLEAPIS_PROTOS || path.join(REPO, '.protodeps', 'googleapis');
+const PROTOS = path.resolve(__dirname, '..', '..', 'protos');
+const SERVICE_CONFIG = path.join(PROTOS, 'taskmanager', 'v1', 'service_config.json');
 const ADDRESS = process.argv[2] || process.env.TASKSERVICE_ADDRESS || 'localhost:50051';
-const DEADLINE_MS = 10000;
+const STREAM_DEADLINE_MS = 60000; // the service config sets no deadline for streams
 
 function loadServices() {
-  if (!fs.existsSync(path.join(GOOGLEAPIS, 'google', 'api', 'field_behavior.proto'))) {
-    throw new Error(
-      `google/api/field_behavior.proto not found under ${GOOGLEAPIS}: ` +
-        'run `make protodeps` or set GOOGLEAPIS_PROTOS',
-    );
-  }
   const definition = protoLoader.loadSync(
     ['taskmanager/v1/project_service.proto', 'taskmanager/v1/task_service.proto'],
     {
-      includeDirs: [PROTOS, GOOGLEAPIS],
+      includeDirs: [PROTOS],
       longs: String, // int64 ids arrive as decimal strings, as in JSON
       enums: String, // enum values by name, e.g. 'TASK_PRIORITY_HIGH'
       defaults: true,
@@ -42,17 +41,22 @@ function loadServices() {
   );
   const v1 = grpc.loadPackageDefinition(definition).taskmanager.v1;
   const credentials = grpc.credentials.createInsecure();
+  const options = { 'grpc.service_config': fs.readFileSync(SERVICE_CONFIG, 'utf8') };
   return {
-    projects: new v1.ProjectService(ADDRESS, credentials),
-    tasks: new v1.TaskService(ADDRESS, credentials),
+    projects: new v1.ProjectService(ADDRESS, credentials, options),
+    tasks: new v1.TaskService(ADDRESS, credentials, options),
   };
 }
 
-// A unary call as a promise, with a deadline.
+// What every call sends: no headers, but wait for ready (see the top of this file).
+function callMetadata() {
+  return new grpc.Metadata({ waitForReady: true });
+}
+
+// A unary call as a promise; its deadline comes from the service config.
 function unary(client, method, request) {
   return new Promise((resolve, reject) => {
-    const deadline = new Date(Date.now() + DEADLINE_MS);
-    client[method](request, { deadline }, (error, response) =>
+    client[method](request, callMetadata(), (error, response) =>
       error ? reject(error) : resolve(response),
     );
   });
@@ -62,7 +66,9 @@ function unary(client, method, request) {
 function stream(client, method, request) {
   return new Promise((resolve, reject) => {
     const batches = [];
-    const call = client[method](request, { deadline: new Date(Date.now() + DEADLINE_MS) });
+    const call = client[method](request, callMetadata(), {
+      deadline: new Date(Date.now() + STREAM_DEADLINE_MS),
+    });
     call.on('data', (batch) => batches.push(batch));
     call.on('error', reject);
     call.on('end', () => resolve(batches));
@@ -75,6 +81,7 @@ async function main() {
 
   const project = await unary(projects, 'CreateProject', {
     project: { name: `node-example-${suffix}`, description: 'made by examples/node' },
+    requestId: crypto.randomUUID(), // makes the retry policy safe (AIP-155)
   });
   console.log(`created project ${project.id} ${project.name}`);
 
@@ -88,6 +95,7 @@ async function main() {
         priority: priorities[i % priorities.length],
         tags: ['node-example'],
       },
+      requestId: crypto.randomUUID(),
     });
     created.push(task.id);
     console.log(`created task ${task.id} "${task.title}" ${task.priority} ${task.status}`);

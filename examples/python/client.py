@@ -5,6 +5,11 @@
 
 Creates a project and a few tasks, pages through ListTasks, consumes StreamTasks and
 prints what it got. The last line is `RESULT {...}`, a JSON summary for scripts.
+
+The channel loads the published service config (protos/taskmanager/v1/service_config.json):
+reads and creates are retried on UNAVAILABLE, calls wait for the server to be reachable, and
+unary calls get a 30 s deadline. Creates are retried only because every one of them carries
+a `request_id`: the server answers a repeated id with the first response (AIP-155).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import json
 import os
 import sys
 import uuid
+from pathlib import Path
 
 import grpc
 
@@ -24,20 +30,21 @@ from taskmanager.v1 import (
     task_service_pb2_grpc,
 )
 
-TIMEOUT_S = 10.0
+SERVICE_CONFIG = Path(__file__).resolve().parents[2] / "protos/taskmanager/v1/service_config.json"
+STREAM_TIMEOUT_S = 60.0  # the service config sets no deadline for streams
 
 
 def main(address: str) -> None:
-    with grpc.insecure_channel(address) as channel:
+    options = [("grpc.service_config", SERVICE_CONFIG.read_text())]
+    with grpc.insecure_channel(address, options=options) as channel:
         projects = project_service_pb2_grpc.ProjectServiceStub(channel)
         tasks = task_service_pb2_grpc.TaskServiceStub(channel)
 
         project = projects.CreateProject(
             project_service_pb2.CreateProjectRequest(
                 project=resources_pb2.Project(name=f"python-example-{uuid.uuid4().hex[:8]}"),
-                request_id=str(uuid.uuid4()),  # safe to retry (AIP-155)
-            ),
-            timeout=TIMEOUT_S,
+                request_id=str(uuid.uuid4()),  # makes the retry policy safe (AIP-155)
+            )
         )
         print(f"created project {project.id} {project.name}")
 
@@ -50,9 +57,9 @@ def main(address: str) -> None:
                         title=f"python task {i}",
                         priority=resources_pb2.TASK_PRIORITY_HIGH,
                         tags=["python-example"],
-                    )
-                ),
-                timeout=TIMEOUT_S,
+                    ),
+                    request_id=str(uuid.uuid4()),
+                )
             )
             created.append(task.id)
             print(f"created task {task.id} {task.title!r}")
@@ -64,7 +71,7 @@ def main(address: str) -> None:
             project_id=project.id, page_size=2, order_by="create_time"
         )
         while True:
-            page = tasks.ListTasks(request, timeout=TIMEOUT_S)
+            page = tasks.ListTasks(request)
             pages += 1
             listed.extend(task.id for task in page.tasks)
             print(f"page {pages}: {[task.id for task in page.tasks]}")
@@ -76,7 +83,7 @@ def main(address: str) -> None:
         streamed: list[int] = []
         batches = 0
         stream_request = task_service_pb2.StreamTasksRequest(project_id=project.id, batch_size=2)
-        for batch in tasks.StreamTasks(stream_request, timeout=TIMEOUT_S):
+        for batch in tasks.StreamTasks(stream_request, timeout=STREAM_TIMEOUT_S):
             batches += 1
             streamed.extend(task.id for task in batch.tasks)
             print(f"batch {batches}: {[task.id for task in batch.tasks]}")

@@ -1,0 +1,1 @@
+"""Real infrastructure for tests: server processes, nginx in front of them, ports."""
