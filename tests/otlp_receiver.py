@@ -68,7 +68,7 @@ class ReceivedSpan:
         return found
 
 
-class TraceReceiver(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
+class TraceReceiver(trace_service_pb2_grpc.TraceServiceServicer):
     """Keeps every span exported to it; tests wait on conditions over them."""
 
     def __init__(self) -> None:
@@ -106,7 +106,7 @@ async def trace_receiver() -> AsyncIterator[tuple[TraceReceiver, str]]:
     """A receiver listening on a free loopback port → (receiver, http://127.0.0.1:port)."""
     server = grpc.aio.server()
     receiver = TraceReceiver()
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)  # type: ignore[no-untyped-call]
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
-import secrets
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -24,7 +22,6 @@ from google.protobuf.field_mask_pb2 import FieldMask
 
 from service.runtime.logs import JsonFormatter, TextFormatter
 from service.runtime.server import TaskServer, start_server
-from service.runtime.tracing import start_tracing, tracing_enabled
 from service.settings import Settings
 from taskmanager.v1 import (
     project_service_pb2,
@@ -44,26 +41,7 @@ from tests.otlp_receiver import (
     trace_receiver,
 )
 from tests.seeding import seed_tasks
-
-MISSING_ID = 987654321012  # distinctive: must never show up in a span
-
-
-@dataclass(frozen=True)
-class Caller:
-    """A caller's span, as another service would send it in `traceparent`."""
-
-    trace_id: str
-    span_id: str
-    sampled: bool = True
-
-    @classmethod
-    def new(cls, sampled: bool = True) -> Caller:
-        return cls(secrets.token_hex(16), secrets.token_hex(8), sampled)
-
-    def metadata(self, **extra: str) -> tuple[tuple[str, str], ...]:
-        flags = "01" if self.sampled else "00"
-        traceparent = f"00-{self.trace_id}-{self.span_id}-{flags}"
-        return (("traceparent", traceparent), ("tracestate", "caller=1"), *extra.items())
+from tests.trace_callers import MISSING_ID, Caller, assert_no_values
 
 
 @dataclass
@@ -130,40 +108,6 @@ async def _code(call: Awaitable[Any]) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
-def _assert_no_values(spans: list[ReceivedSpan], *values: str) -> None:
-    texts = [text for span in spans for text in span.texts()]
-    for value in values:
-        assert not [text for text in texts if value in text], f"{value!r} leaked into a span"
-
-
-# --- on, off ------------------------------------------------------------------------
-
-
-def test_tracing_is_off_unless_configured() -> None:
-    settings = Settings()
-    assert not tracing_enabled(settings, {})
-    assert start_tracing(settings, {}) is None
-    for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME", "OTEL_TRACES_SAMPLER"):
-        assert tracing_enabled(settings, {name: "x"})
-    assert tracing_enabled(Settings(tracing_endpoint="http://127.0.0.1:1"), {})
-    assert not tracing_enabled(settings, {"OTEL_SERVICE_NAME": "x", "OTEL_SDK_DISABLED": "true"})
-    assert not tracing_enabled(settings, {"OTEL_SERVICE_NAME": "x", "OTEL_TRACES_EXPORTER": "none"})
-    assert not tracing_enabled(Settings(tracing="off"), {"OTEL_SERVICE_NAME": "x"})
-    assert tracing_enabled(Settings(tracing="on"), {})
-
-
-def test_an_exporter_or_protocol_the_service_lacks_is_a_start_up_error() -> None:
-    with pytest.raises(ValueError, match="zipkin"):
-        start_tracing(Settings(tracing="on"), {"OTEL_TRACES_EXPORTER": "zipkin"})
-    with pytest.raises(ValueError, match="http/protobuf"):
-        start_tracing(Settings(tracing="on"), {"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"})
-
-
-async def test_off_by_default_the_server_wraps_no_tracing_layer(server: TaskServer) -> None:
-    assert server.tracing is None
-    assert not [k for k in os.environ if k.startswith("OTEL_")], "the test run sets OTEL_*"
-
-
 # --- server spans -------------------------------------------------------------------
 
 
@@ -202,7 +146,7 @@ async def test_get_task_is_a_child_of_the_callers_span_with_one_statement(traced
     assert select.attributes["db.operation.name"] == "SELECT"
     assert select.attributes["db.collection.name"] == "tasks"
     assert select.attributes["db.query.text"] == statements.statements[0]
-    _assert_no_values([span, *children], title, "hush-tag")
+    assert_no_values([span, *children], title, "hush-tag")
 
 
 async def test_failed_calls_carry_their_status_and_only_their_statements(traced: Traced) -> None:
@@ -226,7 +170,7 @@ async def test_failed_calls_carry_their_status_and_only_their_statements(traced:
     bad, bad_children = await traced.call_spans(invalid)
     assert bad.attributes["rpc.grpc.status_code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert bad_children == []
-    _assert_no_values([not_found, bad, *found_children], str(MISSING_ID))
+    assert_no_values([not_found, bad, *found_children], str(MISSING_ID))
 
 
 async def test_each_statement_of_a_call_is_one_child_span(traced: Traced) -> None:
@@ -265,7 +209,7 @@ async def test_each_statement_of_a_call_is_one_child_span(traced: Traced) -> Non
         assert [c.attributes["db.query.text"] for c in children] == statements.statements
         assert all(c.span.kind == CLIENT and c.trace_id == caller.trace_id for c in children)
         spans += [span, *children]
-    _assert_no_values(spans, secret)
+    assert_no_values(spans, secret)
 
 
 async def test_a_stream_records_one_event_per_batch(traced: Traced) -> None:
@@ -301,7 +245,7 @@ async def test_a_database_error_is_recorded_without_its_message(
     assert failed[0].attributes["error.type"] in ("UniqueViolationError", "IntegrityError")
     if database_url.startswith("postgresql"):
         assert failed[0].attributes["db.response.status_code"] == "23505"
-    _assert_no_values([span, *children], name)
+    assert_no_values([span, *children], name)
 
 
 async def test_an_unsampled_caller_gets_no_spans(traced: Traced) -> None:
