@@ -13,7 +13,6 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -21,14 +20,10 @@ import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
 
 from service.runtime.logs import JsonFormatter, TextFormatter
-from service.runtime.server import TaskServer, start_server
-from service.settings import Settings
 from taskmanager.v1 import (
     project_service_pb2,
-    project_service_pb2_grpc,
     resources_pb2,
     task_service_pb2,
-    task_service_pb2_grpc,
 )
 from tests.conftest import count_statements, unique
 from tests.otlp_receiver import (
@@ -37,60 +32,17 @@ from tests.otlp_receiver import (
     STATUS_ERROR,
     STATUS_UNSET,
     ReceivedSpan,
-    TraceReceiver,
-    trace_receiver,
 )
 from tests.seeding import seed_tasks
 from tests.trace_callers import MISSING_ID, Caller, assert_no_values
-
-
-@dataclass
-class Traced:
-    """A server with tracing on, the receiver its spans go to, and stubs."""
-
-    server: TaskServer
-    receiver: TraceReceiver
-    tasks: task_service_pb2_grpc.TaskServiceStub
-    projects: project_service_pb2_grpc.ProjectServiceStub
-
-    async def call_spans(self, caller: Caller) -> tuple[ReceivedSpan, list[ReceivedSpan]]:
-        """The server span of the caller's call (once arrived) and its statement spans.
-
-        Statement spans end before their call's span, and the exporter sends in order,
-        so they have arrived once the server span has.
-        """
-        spans = await self.receiver.wait_for(
-            lambda spans: any(s.parent_id == caller.span_id for s in spans)
-        )
-        (server_span,) = [s for s in spans if s.parent_id == caller.span_id]
-        children = [s for s in spans if s.parent_id == server_span.span_id]
-        return server_span, children
+from tests.traced_server import Traced, traced_server
 
 
 @pytest.fixture(scope="module")
 async def traced(database_url: str) -> AsyncIterator[Traced]:
     """A server of this module's own, tracing on, exporting to a receiver every 20 ms."""
-    async with trace_receiver() as (receiver, endpoint):
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setenv("OTEL_BSP_SCHEDULE_DELAY", "20")  # read when the server starts
-            server = await start_server(
-                Settings(
-                    database_url=database_url,
-                    address="127.0.0.1:0",
-                    tracing="on",
-                    tracing_endpoint=endpoint,
-                )
-            )
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-                yield Traced(
-                    server,
-                    receiver,
-                    task_service_pb2_grpc.TaskServiceStub(channel),
-                    project_service_pb2_grpc.ProjectServiceStub(channel),
-                )
-        finally:
-            await server.stop(grace=1)
+    async with traced_server(database_url) as running:
+        yield running
 
 
 async def _project(traced: Traced) -> resources_pb2.Project:
