@@ -96,8 +96,9 @@ class _CallSpan:
         self.ended = True
         if self.recording:
             span = self.span
-            span.set_attribute(STATUS_CODE, code.value[0])
-            span.set_attribute(PRINCIPAL, self.principal or self.actor)
+            span.set_attributes(
+                {STATUS_CODE: code.value[0], PRINCIPAL: self.principal or self.actor}
+            )
             if code in SERVER_ERRORS:
                 span.set_status(Status(StatusCode.ERROR, code.name))
         self.span.end()
