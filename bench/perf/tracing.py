@@ -117,7 +117,7 @@ class TracingCost:
         )
         lines = [
             f"Tracing off vs on (every call sampled, exported over OTLP/gRPC): medians of "
-            f"{self.rounds} alternating rounds",
+            f"{self.rounds} alternating rounds (min–max)",
             "",
             "| Measurement | "
             + " | ".join(LABELS[m] for m in modes)
@@ -127,8 +127,14 @@ class TracingCost:
             "|---" * (1 + len(modes) + len(costs)) + "|",
         ]
         for label, attribute, fmt, sign in rows:
-            medians = {m: statistics.median(getattr(sides[m], attribute)) for m in modes}
-            cells = [fmt.format(medians[m]) for m in modes]
+            values = {m: getattr(sides[m], attribute) for m in modes}
+            medians = {m: statistics.median(values[m]) for m in modes}
+            # The spread shows the noise a difference must beat on a shared machine.
+            cells = [
+                f"{fmt.format(medians[m])} ({fmt.format(min(values[m]))}–"
+                f"{fmt.format(max(values[m]))})"
+                for m in modes
+            ]
             for mode, base, _ in costs:
                 change = sign * (medians[mode] - medians[base]) / medians[base] * 100
                 cells.append(f"{change:+.1f}%")
