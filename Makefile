@@ -95,7 +95,7 @@ buf-breaking: install
 	$(BUF) breaking --against "$$against"
 
 # npm ci only when package-lock.json changed (npm ci writes node_modules/.package-lock.json);
-# the two packages need no install scripts.
+# the packages need no install scripts.
 examples-node: examples/node/node_modules/.package-lock.json
 
 examples/node/node_modules/.package-lock.json: examples/node/package.json examples/node/package-lock.json

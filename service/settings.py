@@ -106,6 +106,26 @@ class Settings(BaseSettings):
         description="Which RPCs get a log line: those that end with an error status, or all "
         "(an access log; costs ~20% of a GetTask's CPU).",
     )
+    tracing: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="OpenTelemetry traces, exported over OTLP/gRPC: auto = on when "
+        "tracing_endpoint or a standard OTEL_* variable (OTEL_EXPORTER_OTLP_ENDPOINT, "
+        "OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER, ...) is set, unless OTEL_SDK_DISABLED=true "
+        "or OTEL_TRACES_EXPORTER=none; the OTEL_* variables configure the exporter.",
+    )
+    tracing_endpoint: str | None = Field(
+        default=None,
+        description="OTLP/gRPC collector for traces, e.g. http://collector:4317; turns "
+        "tracing on (auto). Unset: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, "
+        "OTEL_EXPORTER_OTLP_ENDPOINT, else http://localhost:4317.",
+    )
+    tracing_sample_ratio: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Share of new traces recorded; a caller's traceparent decides for its "
+        "own calls (parent-based). Unset: OTEL_TRACES_SAMPLER(_ARG), else 1.",
+    )
     # --- operations -------------------------------------------------------------
     workers: int = Field(
         default=1, ge=1, description="Server processes sharing the port (SO_REUSEPORT)."

@@ -1,7 +1,8 @@
 """Process logging set-up: readable text or one JSON object per line, with structured fields.
 
 A log call adds structured fields with `extra={"fields": {...}}`. Every line
-written while an RPC is handled also carries that RPC's request id.
+written while an RPC is handled also carries that RPC's request id and, while the
+call is traced, its `trace_id` and `span_id` (OpenTelemetry, W3C hex form).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import json
 import logging
 from datetime import UTC, datetime
 from typing import Any, Literal
+
+from opentelemetry import trace
 
 from service.api.call_context import current_request_id
 
@@ -20,6 +23,10 @@ def record_fields(record: logging.LogRecord) -> dict[str, Any]:
     request_id = current_request_id.get()
     if request_id is not None:
         fields.setdefault("request_id", request_id)
+    span = trace.get_current_span().get_span_context()
+    if span.is_valid:  # only while a traced call runs (tracing off: never)
+        fields.setdefault("trace_id", format(span.trace_id, "032x"))
+        fields.setdefault("span_id", format(span.span_id, "016x"))
     return fields
 
 

@@ -23,6 +23,7 @@ from service.runtime.auth import auth_layers
 from service.runtime.health_probe import DatabaseHealthProbe
 from service.runtime.metrics import Metrics
 from service.runtime.observability import observe
+from service.runtime.tracing import Tracing, start_tracing
 from service.runtime.transport import PortInUse, bind, server_options
 from service.settings import Settings
 from service.storage.database import create_engine, make_session_factory
@@ -56,6 +57,7 @@ class TaskServer:
     deps: Dependencies
     metrics: Metrics | None = None
     probe: DatabaseHealthProbe | None = None
+    tracing: Tracing | None = None
 
     @property
     def metrics_port(self) -> int:
@@ -72,6 +74,8 @@ class TaskServer:
         await self.engine.dispose()
         if self.metrics is not None:
             await self.metrics.stop()
+        if self.tracing is not None:
+            await self.tracing.shutdown()  # exports the last calls' spans
 
 
 async def start_server(settings: Settings) -> TaskServer:
@@ -82,14 +86,19 @@ async def start_server(settings: Settings) -> TaskServer:
         page_tokens=PageTokens(settings.page_token_secret.get_secret_value()),
     )
     metrics = Metrics(engine) if settings.metrics_port else None
+    tracing = start_tracing(settings)  # None (and no per-call cost) unless configured
+    if tracing is not None:
+        tracing.trace_statements(engine)
     server = grpc.aio.server(options=server_options(settings))
     # Every handler is wrapped once, outermost first: logs and metrics see the final
-    # status of every RPC, authentication runs before any handler, the error translator
-    # innermost. (Layers at registration, not interceptors: see handler_layers.)
+    # status of every RPC, tracing next (its span is current for all inside it),
+    # authentication before any handler, the error translator innermost. (Layers at
+    # registration, not interceptors: see handler_layers.)
     services = LayeredRegistration(
         server,
         stack(
             observe(metrics.rpc if metrics else None, log_all=settings.rpc_log == "all"),
+            *([tracing.layer()] if tracing else []),
             *auth_layers(settings),
             translate_errors,
         ),
@@ -119,7 +128,9 @@ async def start_server(settings: Settings) -> TaskServer:
     probe = DatabaseHealthProbe.for_settings(settings, health_servicer, ("", *SERVICE_NAMES))
     probe.start()
     log.info("serving on %s (port %d), database %s", settings.address, port, _safe_url(engine))
-    return TaskServer(server, port, engine, health_servicer, deps, metrics, probe=probe)
+    return TaskServer(
+        server, port, engine, health_servicer, deps, metrics, probe=probe, tracing=tracing
+    )
 
 
 def _safe_url(engine: AsyncEngine) -> str:
