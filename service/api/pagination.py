@@ -19,7 +19,7 @@ from google.protobuf.message import Message
 
 from service.api.request_digest import request_digest
 from service.api.validation import Violations
-from service.storage.errors import InvalidArgument
+from service.storage.errors import InvalidArgument, echoed
 from service.storage.keyset import Ordering, Position, SortField
 
 TOKEN_VERSION = 1
@@ -35,7 +35,7 @@ def parse_order_by(
     if len(words) > 2 or name not in fields or direction not in ("asc", "desc"):
         violations.add(
             "order_by",
-            f"unsupported order {text!r}; accepted fields: {', '.join(fields)}, "
+            f"unsupported order {echoed(text)}; accepted fields: {', '.join(fields)}, "
             "each optionally followed by ' desc'",
             "INVALID_ORDER_BY",
         )

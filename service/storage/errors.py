@@ -25,6 +25,17 @@ class FieldViolation:
     reason: str = "INVALID_FIELD"
 
 
+ECHO_CHARS = 40
+
+
+def echoed(value: str) -> str:
+    """A value the client sent, quoted for an error message; long ones are shortened
+    (the translator bounds every error anyway; this keeps the rest of a message readable)."""
+    if len(value) <= ECHO_CHARS:
+        return repr(value)
+    return f"{value[:ECHO_CHARS]!r}… ({len(value)} characters)"
+
+
 class ServiceError(Exception):
     """An error the client should see: a canonical code (google.rpc.Code name), reason, details."""
 
@@ -37,11 +48,11 @@ class ServiceError(Exception):
         self.metadata = {key: str(value) for key, value in metadata.items()}
 
 
-MAX_REPORTED = 30
-
-
 class InvalidArgument(ServiceError):
-    """The request itself is wrong; lists every field violation at once."""
+    """The request itself is wrong; lists every field violation at once.
+
+    The translator (service.api.errors) cuts what reaches the client to its size budget.
+    """
 
     code = "INVALID_ARGUMENT"
 
@@ -51,21 +62,12 @@ class InvalidArgument(ServiceError):
         reason: str = "INVALID_ARGUMENT",
         message: str | None = None,
     ) -> None:
-        # Status details travel in a trailer, which clients cap (8 KiB soft, 16 KiB
-        # hard): report at most MAX_REPORTED violations, and say how many were left out.
-        reported = violations[:MAX_REPORTED]
-        fields = ", ".join(v.field for v in reported[:10])
+        fields = ", ".join(v.field for v in violations[:10])
         more = len(violations) - min(len(violations), 10)
         if more:
             fields += f" and {more} more"
         super().__init__(reason, message or f"invalid request: {fields}", fields=fields)
-        if len(violations) > MAX_REPORTED:
-            omitted = len(violations) - MAX_REPORTED
-            reported = [
-                *reported,
-                FieldViolation("", f"{omitted} more violations not listed", "TRUNCATED"),
-            ]
-        self.violations = reported
+        self.violations = violations
 
 
 class NotFound(ServiceError):
