@@ -20,7 +20,7 @@ from google.protobuf.message import Message
 from service.api.request_digest import request_digest
 from service.api.validation import Violations
 from service.storage.errors import InvalidArgument, echoed
-from service.storage.keyset import Ordering, Position, SortField
+from service.storage.keyset import Ordering, Position, SortField, decode_id
 
 TOKEN_VERSION = 1
 
@@ -79,7 +79,7 @@ class PageTokens:
             payload = json.loads(self._fernet.decrypt(padded.encode()))
             if payload["v"] != TOKEN_VERSION:
                 raise ValueError("unknown token version")
-            position = Position(ordering.field.decode(payload["k"]), int(payload["i"]))
+            position = Position(ordering.field.decode(payload["k"]), decode_id(payload["i"]))
         except (InvalidToken, ValueError, KeyError, TypeError, OverflowError) as error:
             raise _bad_token(field, "is not a valid token from this service") from error
         if payload["q"] != query or payload["o"] != ordering.name:
