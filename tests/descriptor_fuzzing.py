@@ -13,7 +13,7 @@ import base64
 import importlib
 import pkgutil
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,13 +116,7 @@ class Outcome:
 
     @property
     def trailer_bytes(self) -> int:
-        """The trailers' size as the client's HPACK decoder counts it."""
-        size = len("grpc-status") + 2 + 32
-        size += len("grpc-message") + len(percent_encoded(self.details)) + 32
-        for key, value in self.trailers:
-            wire = len(base64.b64encode(value)) if key.endswith("-bin") else len(value.encode())
-            size += len(key) + wire + 32
-        return size
+        return trailer_bytes(self.details, self.trailers)
 
     def error_info(self) -> error_details_pb2.ErrorInfo | None:
         if self.status is None:
@@ -151,6 +145,17 @@ class Outcome:
         if self.trailer_bytes > TRAILER_BUDGET:
             found.append(f"trailers of {self.trailer_bytes} bytes > {TRAILER_BUDGET}")
         return found
+
+
+def trailer_bytes(details: str, trailers: Iterable[tuple[str, Any]]) -> int:
+    """A call's trailers' size as the client's HPACK decoder counts it (name + value as
+    sent + 32 per entry: grpc-message percent-encoded, binary values base64)."""
+    size = len("grpc-status") + 2 + 32
+    size += len("grpc-message") + len(percent_encoded(details)) + 32
+    for key, value in trailers:
+        wire = len(base64.b64encode(value)) if key.endswith("-bin") else len(value.encode())
+        size += len(key) + wire + 32
+    return size
 
 
 def percent_encoded(text: str) -> bytes:
