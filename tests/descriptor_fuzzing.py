@@ -434,8 +434,12 @@ def _field_values(fd: FieldDescriptor, depth: int) -> st.SearchStrategy[Any] | N
         few = st.lists(element, max_size=3)
         if fd.message_type is not None:
             return few
-        # Past every per-field limit: many elements, each a violation when it is one.
-        return mostly(few, st.lists(element, min_size=60, max_size=80))
+        # Past every per-field limit (many elements, each a violation when it is one), and
+        # past what one SQL statement can bind (SQLite: 32,766 parameters).
+        many = st.one_of(
+            st.lists(element, min_size=60, max_size=80), element.map(lambda e: [e] * 40_000)
+        )
+        return mostly(few, many)
     return _single(fd, depth, huge=True)
 
 

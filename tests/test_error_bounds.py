@@ -7,8 +7,11 @@ real server on both backends (test_fuzz_rpcs finds such inputs generically).
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Awaitable
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -20,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sqlalchemy import exc as sa_exc
 
 from service.api.errors import (
     DOMAIN,
@@ -335,3 +339,56 @@ async def test_a_forged_page_token_is_invalid_argument(
     request.page_token = tokens.encode(query, ordering, position)
     failure = await fails_within_budget(tasks.ListTasks(request), INVALID)
     assert failure.info.reason == "INVALID_PAGE_TOKEN"
+
+
+# --- inputs past what a database statement can take -------------------------------------
+
+
+async def test_a_status_repeated_40000_times_filters_like_once(
+    tasks: TaskStub, project: resources_pb2.Project
+) -> None:
+    """SQLite takes at most 32,766 bound parameters: repeated filter values count once."""
+    done = await create_task(tasks, project.id, status=resources_pb2.TASK_STATUS_DONE)
+    await create_task(tasks, project.id)
+    request = task_service_pb2.ListTasksRequest(
+        project_id=project.id,
+        statuses=[resources_pb2.TASK_STATUS_DONE] * 40_000,
+        priorities=[resources_pb2.TASK_PRIORITY_MEDIUM] * 40_000,
+    )
+    assert [task.id for task in (await tasks.ListTasks(request)).tasks] == [done.id]
+    stream = task_service_pb2.StreamTasksRequest(
+        project_id=project.id, statuses=[resources_pb2.TASK_STATUS_DONE] * 40_000
+    )
+    assert [t.id async for batch in tasks.StreamTasks(stream) for t in batch.tasks] == [done.id]
+
+
+async def test_a_title_contains_longer_than_any_title_is_invalid(tasks: TaskStub) -> None:
+    """SQLite refuses LIKE patterns above 50,000 bytes; no title exceeds 500 characters."""
+    request = task_service_pb2.ListTasksRequest(title_contains="é" * 30_000)
+    failure = await fails_within_budget(tasks.ListTasks(request), INVALID)
+    assert failure.fields == ["title_contains"]
+    assert failure.bad_request is not None
+    assert failure.bad_request.field_violations[0].reason == "TOO_LONG"
+
+
+def _sqlite_error(path: str, sql: str, *parameters: object) -> sa_exc.OperationalError:
+    try:
+        with closing(sqlite3.connect(path, timeout=0)) as connection:
+            connection.execute(sql, parameters)
+    except sqlite3.OperationalError as error:
+        return sa_exc.OperationalError(sql, parameters, error)
+    raise AssertionError(f"{sql} did not fail")
+
+
+def test_a_statement_sqlite_refuses_is_no_outage(tmp_path: Path) -> None:
+    """Only SQLite's busy/locked/I-O/open failures mean UNAVAILABLE (clients retry those);
+    a statement it refuses (SQLITE_ERROR) is a bug to log, not an outage to retry."""
+    refused = _sqlite_error(":memory:", "SELECT 'a' LIKE ?", "_" * 60_000)
+    assert domain.to_service_error(refused).code == "INTERNAL"
+    unopenable = _sqlite_error(str(tmp_path), "SELECT 1")  # a directory
+    assert domain.to_service_error(unopenable).code == "UNAVAILABLE"
+    database = str(tmp_path / "locked.db")
+    with closing(sqlite3.connect(database, isolation_level=None)) as holder:
+        holder.execute("BEGIN EXCLUSIVE")
+        locked = _sqlite_error(database, "SELECT 1 FROM sqlite_master")
+        assert domain.to_service_error(locked).code == "UNAVAILABLE"

@@ -195,6 +195,17 @@ def _integrity_error(error: sa_exc.IntegrityError) -> ServiceError:
     return ServiceError("INTERNAL", "internal error")
 
 
+# SQLite primary result codes that mean "the database cannot be used now": BUSY, LOCKED,
+# NOMEM, READONLY, IOERR, CORRUPT, FULL, CANTOPEN, PROTOCOL, NOTADB. Any other
+# OperationalError (SQLITE_ERROR: a statement it refused) is no outage.
+_SQLITE_UNAVAILABLE = {5, 6, 7, 8, 10, 11, 13, 14, 15, 26}
+
+
+def _sqlite_unavailable(orig: BaseException | None) -> bool:
+    code = getattr(orig, "sqlite_errorcode", None)
+    return code is None or code & 0xFF in _SQLITE_UNAVAILABLE
+
+
 def _is_unavailable(error: BaseException) -> bool:
     if isinstance(error, OSError | TimeoutError | sa_exc.TimeoutError):
         return True  # connection refused / reset, pool checkout timeout
@@ -202,7 +213,7 @@ def _is_unavailable(error: BaseException) -> bool:
         if error.connection_invalidated or isinstance(error, sa_exc.InterfaceError):
             return True
         if isinstance(error, sa_exc.OperationalError) and not _sqlstate(error):
-            return True  # SQLite: database locked / unable to open
+            return _sqlite_unavailable(error.orig)
         return _sqlstate(error).startswith(_UNAVAILABLE_SQLSTATE_PREFIXES)
     cause = error.__cause__
     return cause is not None and cause is not error and _is_unavailable(cause)
