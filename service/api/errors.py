@@ -65,7 +65,8 @@ def to_rpc_status(error: ServiceError) -> grpc.Status:
 def bounded_status(error: ServiceError) -> status_pb2.Status:
     """The google.rpc.Status of `error`, at most STATUS_BYTES serialized."""
     info = error_details_pb2.ErrorInfo(reason=clip(error.reason, KEY_BYTES), domain=DOMAIN)
-    bad_request = error_details_pb2.BadRequest() if isinstance(error, InvalidArgument) else None
+    violations = error.violations if isinstance(error, InvalidArgument) else None
+    bad_request = None if violations is None else error_details_pb2.BadRequest()
     status = status_pb2.Status(
         code=code_pb2.Code.Value(error.code), message=clip(error.message, MESSAGE_BYTES)
     )
@@ -76,8 +77,7 @@ def bounded_status(error: ServiceError) -> status_pb2.Status:
         if cost <= remaining:
             info.metadata[key] = value
             remaining -= cost
-    if bad_request is not None:
-        violations = error.violations  # type: ignore[attr-defined]
+    if bad_request is not None and violations is not None:
         for violation in violations[:MAX_VIOLATIONS]:
             entry = _field_violation(violation)
             cost = entry.ByteSize() + _FRAMING
