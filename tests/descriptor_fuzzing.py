@@ -37,7 +37,11 @@ DETAILS_KEY = "grpc-status-details-bin"
 TRAILER_BUDGET = 5 * 1024
 STATUS_BUDGET = 2048  # serialized google.rpc.Status (service.api.errors.STATUS_BYTES)
 UNARY_TIMEOUT = 30.0  # a hang fails the call instead of blocking the run
-STREAM_IDLE = 1.0  # a stream that sends nothing for this long is cancelled (a watch)
+# A server stream is cancelled after STREAM_RESPONSES responses (one per request when
+# the client streams too), or after STREAM_IDLE seconds without one (a watch): cancels
+# mid-stream are part of the fuzzing, the server must stay up through them.
+STREAM_RESPONSES = 3
+STREAM_IDLE = 0.25
 # Codes a served call may never end with while the database is up and nothing drains:
 # bugs (INTERNAL, UNKNOWN, DATA_LOSS), or a misread database error (UNAVAILABLE).
 FORBIDDEN = frozenset(
@@ -178,8 +182,8 @@ def _failed(error: grpc.RpcError, outcome: Outcome) -> Outcome:
 def call(
     channel: grpc.Channel, rpc: Rpc, requests: list[Any], *, serialized: bool = False
 ) -> Outcome:
-    """Send `requests` (one, unless the RPC streams them) and read at most as many
-    responses; a stream that then stays open or idles is cancelled by the client."""
+    """Send `requests` (one, unless the RPC streams them too) and read the response, or
+    up to STREAM_RESPONSES of a stream, which is then cancelled, as an idle one is."""
     serializer: Callable[[Any], bytes] = (
         (lambda data: data) if serialized else (lambda message: message.SerializeToString())
     )
@@ -200,12 +204,13 @@ def call(
         outcome.trailers = tuple(done.trailing_metadata() or ())
         outcome.responses = 1
         return outcome
+    enough = len(requests) if rpc.client_streaming else STREAM_RESPONSES
     stream = multicallable(argument, timeout=UNARY_TIMEOUT)
     idle = _Watchdog(stream.cancel)
     try:
         for _ in stream:
             outcome.responses += 1
-            if outcome.responses >= len(requests):
+            if outcome.responses >= enough:
                 outcome.stopped_by_client = True
                 stream.cancel()
                 break

@@ -71,7 +71,7 @@ from tests.descriptor_fuzzing import (
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "20"))
 RAW_EXAMPLES = 10
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
