@@ -170,7 +170,7 @@ def percent_encoded(text: str) -> bytes:
     )
 
 
-def _failed(error: grpc.RpcError, outcome: Outcome) -> Outcome:
+def failed_outcome(error: grpc.RpcError, outcome: Outcome) -> Outcome:
     outcome.code = error.code()
     outcome.details = error.details() or ""
     outcome.trailers = tuple(error.trailing_metadata() or ())
@@ -200,7 +200,7 @@ def call(
         try:
             _, done = multicallable.with_call(argument, timeout=UNARY_TIMEOUT)
         except grpc.RpcError as error:
-            return _failed(error, outcome)
+            return failed_outcome(error, outcome)
         outcome.trailers = tuple(done.trailing_metadata() or ())
         outcome.responses = 1
         return outcome
@@ -216,7 +216,7 @@ def call(
                 break
             idle.restart()
     except grpc.RpcError as error:
-        _failed(error, outcome)
+        failed_outcome(error, outcome)
         outcome.stopped_by_client = idle.fired or outcome.stopped_by_client
     finally:
         idle.stop()

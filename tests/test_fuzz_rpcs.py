@@ -63,6 +63,7 @@ from tests.descriptor_fuzzing import (
     Outcome,
     Rpc,
     call,
+    failed_outcome,
     messages,
     served_rpcs,
     string_paths,
@@ -309,6 +310,40 @@ async def test_a_hostile_string_in_any_field_ends_well_formed(target: Target, rp
 
     tried = await asyncio.to_thread(run)
     assert len(tried) == len(paths)
+
+
+UNKNOWN_PATHS = (
+    "/taskmanager.v1.TaskService/DropTasks",
+    "/grpc.health.v1.Health/Nope",
+    "/x",
+    "/a/" + "é" * 1500,
+)
+
+
+def invoke(channel: grpc.Channel, kind: str, path: str) -> None:
+    """Call `path` as a method of `kind` (unary_unary, ...) and read all it answers."""
+    method = getattr(channel, kind)(path)
+    argument = iter([b"", b"\x08\x01"]) if kind.startswith("stream") else b"\x08\x01"
+    result = method(argument, timeout=10)
+    if kind.endswith("stream"):
+        list(result)
+
+
+@pytest.mark.parametrize("kind", ["unary_unary", "unary_stream", "stream_unary", "stream_stream"])
+def test_an_unknown_method_is_unimplemented_with_error_info(target: Target, kind: str) -> None:
+    with target.channel() as channel:
+        for path in UNKNOWN_PATHS:
+            with pytest.raises(grpc.RpcError) as raised:
+                invoke(channel, kind, path)
+            outcome = Outcome(grpc.StatusCode.OK)
+            failed_outcome(raised.value, outcome)
+            assert outcome.code == grpc.StatusCode.UNIMPLEMENTED
+            info = outcome.error_info()
+            assert info is not None
+            assert info.reason == "METHOD_NOT_FOUND"
+            problems = [p for p in outcome.problems() if "UNIMPLEMENTED" not in p]
+            assert not problems, problems
+            target.assert_up(channel, path[:40])
 
 
 def test_every_rpc_reflection_lists_is_fuzzed(target: Target) -> None:

@@ -21,7 +21,14 @@ from grpc_status import rpc_status
 
 from service.api.call_context import request_id_metadata
 from service.api.handler_layers import replace_behavior
-from service.storage.errors import FieldViolation, InvalidArgument, ServiceError, to_service_error
+from service.storage.errors import (
+    FieldViolation,
+    InvalidArgument,
+    ServiceError,
+    Unimplemented,
+    echoed,
+    to_service_error,
+)
 
 DOMAIN = "taskmanager.v1"
 log = logging.getLogger(__name__)
@@ -216,3 +223,20 @@ def translate_errors(_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMe
     """The handler layer that turns whatever its behaviour raises into a gRPC status."""
     handler = handler._replace(request_deserializer=_tolerant(handler.request_deserializer))
     return replace_behavior(handler, _guarded)
+
+
+class UnknownMethods(grpc.GenericRpcHandler):  # type: ignore[misc]
+    """Registered last: answers a method no service has UNIMPLEMENTED with ErrorInfo
+    (grpc's own answer carries none). It bypasses the other layers on purpose: metrics
+    labelled with whatever path a client makes up would grow without bound."""
+
+    def service(self, handler_call_details: Any) -> grpc.RpcMethodHandler:
+        method: str = handler_call_details.method
+
+        async def unknown(_requests: Any, _context: Any) -> AsyncIterator[Any]:
+            raise Unimplemented(
+                "METHOD_NOT_FOUND", f"no method {echoed(method)} on this server", method=method
+            )
+            yield  # an async generator: a handler for calls of every kind
+
+        return translate_errors(method, grpc.stream_stream_rpc_method_handler(unknown))

@@ -12,7 +12,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.api.errors import translate_errors
+from service.api.errors import UnknownMethods, translate_errors
 from service.api.handler_layers import LayeredRegistration, stack
 from service.api.pagination import PageTokens
 from service.api.servicers.dependencies import Dependencies
@@ -111,6 +111,7 @@ async def start_server(settings: Settings) -> TaskServer:
         ),
         services,
     )
+    server.add_generic_rpc_handlers((UnknownMethods(),))  # after every service
     port = bind(server, settings)
     if metrics is not None:
         metrics.serve(settings)

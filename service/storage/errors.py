@@ -118,6 +118,12 @@ class PermissionDenied(ServiceError):
     code = "PERMISSION_DENIED"
 
 
+class Unimplemented(ServiceError):
+    """The server has no such method."""
+
+    code = "UNIMPLEMENTED"
+
+
 @contextmanager
 def at_index(index: int) -> Iterator[None]:
     """Name the batch item a domain error is about (metadata `index`, message prefix)."""
