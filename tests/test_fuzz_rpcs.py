@@ -10,6 +10,7 @@ descriptor_fuzzing), on both backends:
 * bytes that are not a valid request at all (random, mutated, invalid UTF-8),
 * a hostile string (20,000 characters, or UTF-8 that percent-encoding triples) in every
   string field, one at a time,
+* and methods no service has, called in each of the four ways,
 
 and after each call: never INTERNAL/UNKNOWN/DATA_LOSS/UNAVAILABLE, every error carries
 ErrorInfo (read with grpc_status.rpc_status), its trailers stay under TRAILER_BUDGET
