@@ -8,6 +8,7 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.message import Message
 
 from service.api.validation import Violations
+from service.storage.errors import echoed
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,8 @@ def resolve_update_mask(
         elif path not in rules.output_only:
             violations.add(
                 "update_mask",
-                f"unknown or unsupported path {path!r}; accepted: {', '.join(sorted(writable))}",
+                f"unknown or unsupported path {echoed(path)}; "
+                f"accepted: {', '.join(sorted(writable))}",
                 "INVALID_MASK_PATH",
             )
     return frozenset(selected)

@@ -19,8 +19,8 @@ from google.protobuf.message import Message
 
 from service.api.request_digest import request_digest
 from service.api.validation import Violations
-from service.storage.errors import InvalidArgument
-from service.storage.keyset import Ordering, Position, SortField
+from service.storage.errors import InvalidArgument, echoed
+from service.storage.keyset import Ordering, Position, SortField, decode_id
 
 TOKEN_VERSION = 1
 
@@ -35,7 +35,7 @@ def parse_order_by(
     if len(words) > 2 or name not in fields or direction not in ("asc", "desc"):
         violations.add(
             "order_by",
-            f"unsupported order {text!r}; accepted fields: {', '.join(fields)}, "
+            f"unsupported order {echoed(text)}; accepted fields: {', '.join(fields)}, "
             "each optionally followed by ' desc'",
             "INVALID_ORDER_BY",
         )
@@ -79,7 +79,7 @@ class PageTokens:
             payload = json.loads(self._fernet.decrypt(padded.encode()))
             if payload["v"] != TOKEN_VERSION:
                 raise ValueError("unknown token version")
-            position = Position(ordering.field.decode(payload["k"]), int(payload["i"]))
+            position = Position(ordering.field.decode(payload["k"]), decode_id(payload["i"]))
         except (InvalidToken, ValueError, KeyError, TypeError, OverflowError) as error:
             raise _bad_token(field, "is not a valid token from this service") from error
         if payload["q"] != query or payload["o"] != ordering.name:

@@ -229,7 +229,10 @@ def check_task_filter(request: ListOrStream) -> Violations:
         if request.top_level_only:
             violations.add("top_level_only", "cannot be combined with parent_task_id", "CONFLICT")
     check_tags(violations, "tags", request.tags)
-    check_no_nul(violations, "title_contains", request.title_contains)
+    if check_no_nul(violations, "title_contains", request.title_contains):
+        # No title is longer, and SQLite refuses LIKE patterns above 50,000 bytes.
+        if len(request.title_contains) > TITLE_MAX:
+            violations.add("title_contains", f"must be at most {TITLE_MAX} characters", "TOO_LONG")
     check_enum(violations, "view", request.view, resources_pb2.TaskView, allow_unspecified=True)
     for name in ("create_time", "update_time"):
         check_time_range(violations, name, getattr(request, name))

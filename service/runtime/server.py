@@ -12,7 +12,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.api.errors import translate_errors
+from service.api.errors import UnknownMethods, translate_errors
 from service.api.handler_layers import LayeredRegistration, stack
 from service.api.pagination import PageTokens
 from service.api.servicers.dependencies import Dependencies
@@ -21,6 +21,7 @@ from service.api.servicers.tasks import TaskServicer
 from service.api.servicers.workers import WorkerServicer
 from service.runtime.auth import auth_layers
 from service.runtime.health_probe import DatabaseHealthProbe
+from service.runtime.health_service import HealthServicer
 from service.runtime.metrics import Metrics
 from service.runtime.observability import observe
 from service.runtime.tracing import Tracing, start_tracing
@@ -106,7 +107,7 @@ async def start_server(settings: Settings) -> TaskServer:
     task_service_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(deps), services)
     project_service_pb2_grpc.add_ProjectServiceServicer_to_server(ProjectServicer(deps), services)
     worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(deps), services)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, services)
     # What reflection.enable_server_reflection does for a grpc.aio server, through the layers.
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
@@ -119,6 +120,7 @@ async def start_server(settings: Settings) -> TaskServer:
         ),
         services,
     )
+    server.add_generic_rpc_handlers((UnknownMethods(),))  # after every service
     port = bind(server, settings)
     if metrics is not None:
         metrics.serve(settings)

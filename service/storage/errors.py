@@ -25,6 +25,17 @@ class FieldViolation:
     reason: str = "INVALID_FIELD"
 
 
+ECHO_CHARS = 40
+
+
+def echoed(value: str) -> str:
+    """A value the client sent, quoted for an error message; long ones are shortened
+    (the translator bounds every error anyway; this keeps the rest of a message readable)."""
+    if len(value) <= ECHO_CHARS:
+        return repr(value)
+    return f"{value[:ECHO_CHARS]!r}… ({len(value)} characters)"
+
+
 class ServiceError(Exception):
     """An error the client should see: a canonical code (google.rpc.Code name), reason, details."""
 
@@ -37,11 +48,11 @@ class ServiceError(Exception):
         self.metadata = {key: str(value) for key, value in metadata.items()}
 
 
-MAX_REPORTED = 30
-
-
 class InvalidArgument(ServiceError):
-    """The request itself is wrong; lists every field violation at once."""
+    """The request itself is wrong; lists every field violation at once.
+
+    The translator (service.api.errors) cuts what reaches the client to its size budget.
+    """
 
     code = "INVALID_ARGUMENT"
 
@@ -51,21 +62,12 @@ class InvalidArgument(ServiceError):
         reason: str = "INVALID_ARGUMENT",
         message: str | None = None,
     ) -> None:
-        # Status details travel in a trailer, which clients cap (8 KiB soft, 16 KiB
-        # hard): report at most MAX_REPORTED violations, and say how many were left out.
-        reported = violations[:MAX_REPORTED]
-        fields = ", ".join(v.field for v in reported[:10])
+        fields = ", ".join(v.field for v in violations[:10])
         more = len(violations) - min(len(violations), 10)
         if more:
             fields += f" and {more} more"
         super().__init__(reason, message or f"invalid request: {fields}", fields=fields)
-        if len(violations) > MAX_REPORTED:
-            omitted = len(violations) - MAX_REPORTED
-            reported = [
-                *reported,
-                FieldViolation("", f"{omitted} more violations not listed", "TRUNCATED"),
-            ]
-        self.violations = reported
+        self.violations = violations
 
 
 class NotFound(ServiceError):
@@ -114,6 +116,12 @@ class PermissionDenied(ServiceError):
     """The caller is known but may not make this call."""
 
     code = "PERMISSION_DENIED"
+
+
+class Unimplemented(ServiceError):
+    """The server has no such method."""
+
+    code = "UNIMPLEMENTED"
 
 
 @contextmanager
@@ -193,6 +201,17 @@ def _integrity_error(error: sa_exc.IntegrityError) -> ServiceError:
     return ServiceError("INTERNAL", "internal error")
 
 
+# SQLite primary result codes that mean "the database cannot be used now": BUSY, LOCKED,
+# NOMEM, READONLY, IOERR, CORRUPT, FULL, CANTOPEN, PROTOCOL, NOTADB. Any other
+# OperationalError (SQLITE_ERROR: a statement it refused) is no outage.
+_SQLITE_UNAVAILABLE = {5, 6, 7, 8, 10, 11, 13, 14, 15, 26}
+
+
+def _sqlite_unavailable(orig: BaseException | None) -> bool:
+    code = getattr(orig, "sqlite_errorcode", None)
+    return code is None or code & 0xFF in _SQLITE_UNAVAILABLE
+
+
 def _is_unavailable(error: BaseException) -> bool:
     if isinstance(error, OSError | TimeoutError | sa_exc.TimeoutError):
         return True  # connection refused / reset, pool checkout timeout
@@ -200,7 +219,7 @@ def _is_unavailable(error: BaseException) -> bool:
         if error.connection_invalidated or isinstance(error, sa_exc.InterfaceError):
             return True
         if isinstance(error, sa_exc.OperationalError) and not _sqlstate(error):
-            return True  # SQLite: database locked / unable to open
+            return _sqlite_unavailable(error.orig)
         return _sqlstate(error).startswith(_UNAVAILABLE_SQLSTATE_PREFIXES)
     cause = error.__cause__
     return cause is not None and cause is not error and _is_unavailable(cause)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, literal, tuple_
+from sqlalchemy import BigInteger, ColumnElement, Select, literal, tuple_
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -26,15 +26,37 @@ class SortField:
     decode: Callable[[Any], Any]
 
 
+# Decoders take what a token carried and raise ValueError (or OverflowError) for
+# anything the column could not hold: a token is only as trustworthy as its key.
+
+
 def _encode_time(value: datetime) -> int:
     return (value - _EPOCH) // timedelta(microseconds=1)
 
 
 def _decode_time(value: Any) -> datetime:
-    return _EPOCH + timedelta(microseconds=int(value))
+    return _EPOCH + timedelta(microseconds=_integer(value, 64))
 
 
 def _identity(value: Any) -> Any:
+    return value
+
+
+def _integer(value: Any, bits: int) -> int:
+    limit = 2 ** (bits - 1)
+    if type(value) is not int or not -limit <= value < limit:
+        raise ValueError(f"not a {bits}-bit integer")
+    return value
+
+
+def decode_id(value: Any) -> int:
+    """A row id from a token (BIGINT)."""
+    return _integer(value, 64)
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str) or "\x00" in value:  # PostgreSQL text holds no NUL
+        raise ValueError("not a string")
     return value
 
 
@@ -44,13 +66,14 @@ def time_field(column: Any) -> SortField:
 
 
 def int_field(column: Any) -> SortField:
-    """An integer sort field."""
-    return SortField(column, _identity, int)
+    """An integer sort field (BIGINT, else a 32-bit INTEGER)."""
+    bits = 64 if isinstance(column.type, BigInteger) else 32
+    return SortField(column, _identity, lambda value: _integer(value, bits))
 
 
 def text_field(column: Any) -> SortField:
     """A string sort field."""
-    return SortField(column, _identity, str)
+    return SortField(column, _identity, _text)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from typing import Any, Optional
 from sqlalchemy import (
     JSON,
     BigInteger,
+    CheckConstraint,
     Column,
     DateTime,
     ForeignKey,
@@ -90,6 +91,16 @@ class TaskPriority(enum.IntEnum):
     URGENT = 4
 
 
+def _one_of(column: str, values: list[str]) -> str:
+    return f"{column} IN ({', '.join(values)})"
+
+
+# Readers map each stored status and priority to the API's enums, so the database
+# refuses any other value (migration 0004 made these; change both together).
+STATUS_CHECK = _one_of("status", [f"'{status.value}'" for status in TaskStatus])
+PRIORITY_CHECK = _one_of("priority", [str(priority.value) for priority in TaskPriority])
+
+
 def _time_column() -> Any:
     return Field(sa_type=UTCDateTime(), nullable=False)
 
@@ -161,6 +172,8 @@ class Task(SQLModel, table=True):
             postgresql_ops={"title": "gin_trgm_ops"},
             info={"dialects": ("postgresql",)},
         ),
+        CheckConstraint(STATUS_CHECK, name="status"),
+        CheckConstraint(PRIORITY_CHECK, name="priority"),
     )
 
     id: int | None = Field(default=None, sa_type=IdType, primary_key=True)

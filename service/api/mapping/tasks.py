@@ -148,8 +148,10 @@ def task_filter_from(request: ListOrStream) -> TaskFilter:
     """The filter fields of a ListTasks or StreamTasks request (validated beforehand)."""
     return TaskFilter(
         project_id=request.project_id or None,
-        statuses=tuple(STATUS_FROM_MESSAGE[s] for s in request.statuses),
-        priorities=tuple(PRIORITY_FROM_MESSAGE[p] for p in request.priorities),
+        # Each value once (dict keeps order): a request may repeat one a million times,
+        # and SQLite takes at most 32,766 bound parameters per statement.
+        statuses=tuple(dict.fromkeys(STATUS_FROM_MESSAGE[s] for s in request.statuses)),
+        priorities=tuple(dict.fromkeys(PRIORITY_FROM_MESSAGE[p] for p in request.priorities)),
         assignee_id=request.assignee_id if request.HasField("assignee_id") else None,
         unassigned=request.unassigned,
         parent_task_id=request.parent_task_id if request.HasField("parent_task_id") else None,

@@ -7,9 +7,10 @@ from datetime import UTC, datetime, timedelta
 from google.protobuf.timestamp_pb2 import Timestamp
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_LATEST = datetime.max.replace(tzinfo=UTC) - timedelta(microseconds=1)
 # google.protobuf.Timestamp's documented range: 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59Z.
 _MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799
+# datetime's last microsecond (9999-12-31T23:59:59.999999), in microseconds since the epoch.
+_LATEST_MICROS = (datetime.max.replace(tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1)
 
 
 def is_valid_timestamp(value: Timestamp) -> bool:
@@ -34,6 +35,9 @@ def from_timestamp_ceil(value: Timestamp) -> datetime:
 
     Stored times have microsecond precision, so for a stored time x and a bound
     T: x >= T iff x >= ceil(T), and x < T iff x < ceil(T). Query bounds use this.
+    `value` must be valid (`is_valid_timestamp`): its ceiling is then at least
+    0001-01-01, and only the last nanoseconds of 9999-12-31, whose ceiling datetime
+    cannot hold, are clamped to datetime's last microsecond (no stored time is there).
     """
     micros = -(-value.ToNanoseconds() // 1_000)
-    return min(_EPOCH + timedelta(microseconds=micros - 1), _LATEST) + timedelta(microseconds=1)
+    return _EPOCH + timedelta(microseconds=min(micros, _LATEST_MICROS))
