@@ -162,9 +162,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-install", action="store_true", help="never run .ci/system-deps for h2load/wrk"
     )
-    parser.add_argument(
-        "--today", type=Path, help="tracing cost: also run the service as checked out here"
-    )
+    parser.add_argument("--today", type=Path, metavar="DIR", help="tracing cost: also DIR's code")
     parser.add_argument(
         "--only",
         default="",

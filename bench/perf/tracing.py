@@ -81,7 +81,8 @@ def _spread(values: list[float], fmt: str) -> str:
 
 def _change(values: list[float], base: list[float]) -> str:
     """How far the median of `values` lies from that of `base`, in per cent."""
-    return f"{(statistics.median(values) / statistics.median(base) - 1) * 100:+.1f}%"
+    ours, theirs = statistics.median(values), statistics.median(base)
+    return f"{(ours / theirs - 1) * 100:+.1f}%" if theirs else "n/a (base 0)"
 
 
 @dataclass(frozen=True)
