@@ -38,6 +38,7 @@ PERF_HEADINGS = (
     "== Targets (ratios of this run)",
     "== GetTask BASIC on ONE grpc.aio channel",
     "== StreamTasks",
+    "== Tracing cost",
     "== CPU during each measurement",
     "== PostgreSQL statements per call",
     "== Checks",

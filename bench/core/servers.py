@@ -138,14 +138,16 @@ async def running(
     name: str,
     module_args: Sequence[str],
     ready: Callable[[ServerProcess], Awaitable[bool]] = grpc_serving,
+    cwd: Path = ROOT,
 ) -> AsyncIterator[ServerProcess]:
-    """Run `python -m <module_args> --address 127.0.0.1:<port>` until the block ends; the
-    block starts once the `ready` probe says so (polled, failing early if the process dies)."""
+    """Run `python -m <module_args> --address 127.0.0.1:<port>` in `cwd` (whose packages it
+    imports first) until the block ends; the block starts once the `ready` probe says so
+    (polled, failing early if the process dies)."""
     port = free_port()
     with tempfile.TemporaryFile() as stderr:
         process = subprocess.Popen(
             [sys.executable, "-m", *module_args, "--address", f"127.0.0.1:{port}"],
-            cwd=ROOT,
+            cwd=cwd,
             stdout=subprocess.DEVNULL,
             stderr=stderr,
         )
@@ -178,11 +180,11 @@ async def stop(server: ServerProcess) -> None:
 
 
 def service_server(
-    cfg: DatabaseConfig, *extra_args: str, name: str = "TaskService"
+    cfg: DatabaseConfig, *extra_args: str, name: str = "TaskService", checkout: Path = ROOT
 ) -> AbstractAsyncContextManager[ServerProcess]:
-    """The real TaskService (`python -m service serve`) on the benchmark database."""
+    """The real TaskService (`python -m service serve`, as in `checkout`) on the bench database."""
     args = ("service", "serve", "--database-url", cfg.url, *extra_args)
-    return running(name, (*args, "--log-level", "WARNING", "--shutdown-grace", "1"))
+    return running(name, (*args, "--log-level", "WARNING", "--shutdown-grace", "1"), cwd=checkout)
 
 
 def baseline_server(

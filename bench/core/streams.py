@@ -64,7 +64,13 @@ async def measure_stream(
     server_context: AbstractAsyncContextManager[ServerProcess], batch_size: int
 ) -> StreamRun:
     """Start the server, read one whole unfiltered stream from it, and stop it."""
-    async with server_context as server, grpc.aio.insecure_channel(server.target) as channel:
+    async with server_context as server:
+        return await read_stream(server, batch_size)
+
+
+async def read_stream(server: ServerProcess, batch_size: int) -> StreamRun:
+    """Read one whole unfiltered stream from a running server."""
+    async with grpc.aio.insecure_channel(server.target) as channel:
         stub = task_service_pb2_grpc.TaskServiceStub(channel)
         before, server_cpu, client_cpu = server.memory(), server.cpu_seconds(), process_time()
         tasks = id_sum = 0

@@ -26,6 +26,7 @@ SIZES = {
     "profile_seconds": (10.0, 1.0),
     "quiet_wait": (120.0, 0.0),
     "attempts": (3, 1),
+    "tracing_rounds": (5, 1),
 }
 # The calls in flight on ONE grpc.aio channel, by measurement key; the server for those rows
 # runs with room for all of them on one connection.
@@ -50,7 +51,7 @@ LABELS = {
     "create": "TaskService CreateTask",
     "update": "TaskService UpdateTask (description)",
 }
-OTHER_KEYS = ("stream", "blind", "profile", "statements")
+OTHER_KEYS = ("stream", "tracing", "blind", "profile", "statements")
 ROOT = Path(__file__).resolve().parents[2]
 NATIVE = ("h2load", "wrk")
 # The bench extra: the REST peer under uvicorn with the loop and HTTP parser it picks when
@@ -126,18 +127,22 @@ class PerfConfig(DatabaseConfig):
     profile_seconds: float
     quiet_wait: float
     attempts: int
+    tracing_rounds: int
     only: frozenset[str]
     tools: Tools
+    today: Path | None = None  # a checkout of the service whose "off" tracing is compared
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.duration <= 0 or min(self.warmup, self.profile_seconds, self.quiet_wait) < 0:
             raise SetupError("durations must be positive (warm-up, profile, wait may be 0)")
         counts = (self.concurrency, self.connections, self.batch_size, self.stream_runs)
-        if min(*counts, self.attempts) < 1:
+        if min(*counts, self.attempts, self.tracing_rounds) < 1:
             raise SetupError("concurrency, connections, batch size and runs must be positive")
         if self.concurrency % self.connections:
             raise SetupError("--concurrency must be a multiple of --connections")
+        if self.today is not None and not (self.today / "service" / "__main__.py").is_file():
+            raise SetupError(f"--today {self.today}: no service/__main__.py there")
 
     @property
     def streams_per_connection(self) -> int:
@@ -157,6 +162,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-install", action="store_true", help="never run .ci/system-deps for h2load/wrk"
     )
+    parser.add_argument("--today", type=Path, metavar="DIR", help="tracing cost: also DIR's code")
     parser.add_argument(
         "--only",
         default="",
@@ -177,5 +183,6 @@ def configure(args: argparse.Namespace, common: dict[str, Any]) -> PerfConfig:
         connections=args.connections,
         batch_size=args.batch_size,
         only=only,
+        today=args.today.resolve() if args.today else None,
         tools=resolve_tools(not (args.no_install or args.smoke), profiling, say),
     )

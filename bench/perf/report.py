@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from bench.core.database import SeedReport
 from bench.core.machine import Machine
@@ -14,6 +15,9 @@ from bench.perf.loadgen import LoadRun
 from bench.perf.profile import Profile
 from bench.perf.roundtrips import StatementCount
 from bench.perf.usage import DISTURBED_CORES, Usage
+
+if TYPE_CHECKING:  # bench.perf.tracing imports this module, through bench.perf.measure
+    from bench.perf.tracing import TracingCost
 
 MAX_STREAM_RSS_GROWTH_MIB = 32.0
 # (numerator, denominator(s), minimum, label): the targets; the best denominator counts.
@@ -69,6 +73,7 @@ class PerfResults:
     targets: Targets
     measurements: tuple[Measurement, ...]
     streams: Streams | None
+    tracing: TracingCost | None
     same_as_handtuned: bool | None
     blind_spot: BlindSpot | None
     profile: Profile | None
@@ -208,6 +213,7 @@ def report(cfg: PerfConfig, machine: Machine, seeding: SeedReport, r: PerfResult
         _targets(machine, r),
         _one_channel(r),
         _streams(cfg, r),
+        None if r.tracing is None else r.tracing.section(cfg),
         (
             "CPU during each measurement (cores)",
             [Row(m.label, m.usage.describe()) for m in r.ordered()],

@@ -16,7 +16,7 @@ from bench.core.servers import (
     service_server,
 )
 from bench.core.streams import alternate_streams
-from bench.perf import calls, profile, roundtrips
+from bench.perf import calls, profile, roundtrips, tracing
 from bench.perf.config import LABELS, ONE_CHANNEL, ONE_CHANNEL_SERVER_ARGS, PerfConfig
 from bench.perf.loadgen import LoadGenerator
 from bench.perf.measure import Runner, sample_grpc
@@ -46,6 +46,9 @@ async def measure(cfg: PerfConfig) -> PerfResults:
         streams = None
         if cfg.wants("stream"):
             streams = await alternate_streams(cfg, cfg.stream_runs, cfg.batch_size, say)
+        traced = None
+        if cfg.wants("tracing"):
+            traced = await tracing.measure(cfg, runner.generator, targets)
         await _writes(cfg, runner)
         statements = await _statement_counts(cfg, by_key)
         await reset_writes(cfg)
@@ -54,6 +57,7 @@ async def measure(cfg: PerfConfig) -> PerfResults:
         targets=targets,
         measurements=tuple(runner.measurements),
         streams=streams,
+        tracing=traced,
         same_as_handtuned=None if not (ours and theirs) else ours.responses == theirs.responses,
         blind_spot=blind,
         profile=spied,
