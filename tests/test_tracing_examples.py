@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.otlp_receiver import CLIENT, SERVER, ReceivedSpan
-from tests.test_clients import GOOGLEAPIS_PROTOS, NODE_EXAMPLE, ROOT, client_env, run_client
+from tests.test_clients import NODE_EXAMPLE, ROOT, client_env, run_client
 from tests.traced_server import Traced, traced_server
 
 PYTHON_EXAMPLE = ROOT / "examples" / "python" / "traced_client.py"
@@ -76,9 +76,7 @@ async def test_node_client_propagates_its_trace(traced: Traced) -> None:
         pytest.skip("Node.js is not installed")
     if not (NODE_EXAMPLE / "node_modules" / "@opentelemetry" / "api").is_dir():
         pytest.fail("examples/node has no @opentelemetry modules: run `make examples-node`")
-    env = client_env(
-        GOOGLEAPIS_PROTOS=str(GOOGLEAPIS_PROTOS), OTEL_EXPORTER_OTLP_ENDPOINT=traced.endpoint
-    )
+    env = client_env(OTEL_EXPORTER_OTLP_ENDPOINT=traced.endpoint)
     target = f"127.0.0.1:{traced.server.port}"
     _, result = await run_client([node, str(NODE_EXAMPLE / "traced_client.js"), target], env)
     assert result["codes"] == [0, 0, 0, 5]

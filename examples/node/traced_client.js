@@ -12,7 +12,6 @@
 // The last line printed is `RESULT {...}`: the trace id and what was called.
 'use strict';
 
-const fs = require('node:fs');
 const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
@@ -23,7 +22,6 @@ const { BasicTracerProvider, BatchSpanProcessor } = require('@opentelemetry/sdk-
 const { OTLPTraceExporter } = require('@opentelemetry/exporter-trace-otlp-grpc');
 
 const REPO = path.resolve(__dirname, '..', '..');
-const GOOGLEAPIS = process.env.GOOGLEAPIS_PROTOS || path.join(REPO, '.protodeps', 'googleapis');
 const ADDRESS = process.argv[2] || process.env.TASKSERVICE_ADDRESS || 'localhost:50051';
 const DEADLINE_MS = 10000;
 
@@ -41,12 +39,9 @@ const propagator = new W3CTraceContextPropagator();
 const metadataSetter = { set: (metadata, key, value) => metadata.set(key, value) };
 
 function loadServices() {
-  if (!fs.existsSync(path.join(GOOGLEAPIS, 'google', 'api', 'field_behavior.proto'))) {
-    throw new Error(`google/api/field_behavior.proto not found under ${GOOGLEAPIS}`);
-  }
   const definition = protoLoader.loadSync(
     ['taskmanager/v1/project_service.proto', 'taskmanager/v1/task_service.proto'],
-    { includeDirs: [path.join(REPO, 'protos'), GOOGLEAPIS], longs: String, enums: String },
+    { includeDirs: [path.join(REPO, 'protos')], longs: String, enums: String },
   );
   const v1 = grpc.loadPackageDefinition(definition).taskmanager.v1;
   const credentials = grpc.credentials.createInsecure();
