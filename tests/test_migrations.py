@@ -46,6 +46,15 @@ SAFE_WRITES_INDEXES = {
     "audit_events": {"ix_audit_events_entity"},
     "idempotency_keys": {"ix_idempotency_keys_create_time"},
 }
+# Columns and indexes of each later revision, by table: present exactly from it on.
+LATER_COLUMNS: dict[str, dict[str, set[str]]] = {
+    "0004": {"tasks": {"creator_id"}},  # the task creator
+}
+LATER_INDEXES: dict[str, dict[str, set[str]]] = {
+    "0004": {"tasks": {"ix_tasks_creator_id"}},
+}
+# Revisions in order, base first.
+REVISIONS = ["0001", "0002", "0003", "0004"]
 
 
 @dataclass
@@ -107,6 +116,14 @@ def assert_schema_at(schema: Schema, revision: str, is_postgres: bool) -> None:
             assert schema.indexes[table] >= added, table
         elif table in schema.indexes:
             assert not schema.indexes[table] & added, table
+    for added_in, tables in LATER_COLUMNS.items():
+        for table, columns in tables.items():
+            present = schema.columns[table] & columns
+            assert present == (columns if revision >= added_in else set()), (revision, table)
+    for added_in, tables in LATER_INDEXES.items():
+        for table, indexes in tables.items():
+            present = schema.indexes[table] & indexes
+            assert present == (indexes if revision >= added_in else set()), (revision, table)
     if with_0002:
         assert schema.task_indexes >= KEYSET_INDEXES
         assert "ix_tasks_project_id" not in schema.task_indexes
@@ -172,7 +189,7 @@ def test_there_is_exactly_one_head() -> None:
     revisions = list(script.walk_revisions())
     assert [r.revision for r in revisions][0] == head_revision()
     assert revisions[-1].down_revision is None
-    assert [r.revision for r in revisions] == ["0003", "0002", "0001"]
+    assert [r.revision for r in revisions] == REVISIONS[::-1]
 
 
 async def test_upgrade_check_downgrade_and_upgrade_again(empty_database: str) -> None:
@@ -228,15 +245,10 @@ async def test_each_step_down_and_back_up(empty_database: str) -> None:
     kept = await project_rows(url)
     assert [name for _, name in kept] == ["kept"]
 
-    # 0003 -> 0002 -> head, then 0003 -> 0002 -> 0001 -> 0002 -> head, one step at a time.
-    steps = [
-        (downgrade, "0002"),
-        (upgrade, "0003"),
-        (downgrade, "0002"),
-        (downgrade, "0001"),
-        (upgrade, "0002"),
-        (upgrade, "0003"),
-    ]
+    # One step down and back up, then every step down to 0001 and every step back up.
+    steps = [(downgrade, REVISIONS[-2]), (upgrade, REVISIONS[-1])]
+    steps += [(downgrade, revision) for revision in REVISIONS[-2::-1]]
+    steps += [(upgrade, revision) for revision in REVISIONS[1:]]
     assert steps[-1][1] == head_revision()
     for migrate_to, expected in steps:
         await migrate_to(url, expected)

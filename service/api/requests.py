@@ -17,6 +17,7 @@ from service.api.validation import (
     check_tags,
     check_text,
 )
+from service.storage.models import Task
 from taskmanager.v1 import (
     project_service_pb2,
     resources_pb2,
@@ -28,7 +29,7 @@ TASK_MASK = MaskRules(
     mutable=frozenset(
         {"title", "description", "status", "priority", "tags", "assignee_id", "parent_task_id"}
     ),
-    immutable=frozenset({"project_id"}),
+    immutable=frozenset({"project_id", "creator_id"}),
     output_only=frozenset(
         {"id", "create_time", "update_time", "assignee", "subtasks", "etag", "delete_time"}
     ),
@@ -76,7 +77,7 @@ def check_task(
         )
     if "tags" in fields:
         check_tags(violations, f"{prefix}.tags", task.tags)
-    for name in ("assignee_id", "parent_task_id"):
+    for name in ("assignee_id", "parent_task_id", "creator_id"):
         if name in fields and task.HasField(name):
             check_id(violations, f"{prefix}.{name}", getattr(task, name))
 
@@ -129,6 +130,20 @@ def check_update_task(request: task_service_pb2.UpdateTaskRequest) -> frozenset[
     check_task(violations, request.task, fields, creating=False)
     violations.raise_if_any()
     return fields
+
+
+def check_immutable_unchanged(
+    stored: Task, task: resources_pb2.Task, fields: frozenset[str]
+) -> None:
+    """INVALID_ARGUMENT if an update changes an immutable field; the same value is fine
+    (AIP-203), so a client may send a whole task back."""
+    violations = Violations()
+    for name in sorted(fields & TASK_MASK.immutable):
+        unset = task.DESCRIPTOR.fields_by_name[name].has_presence and not task.HasField(name)  # type: ignore[arg-type]
+        sent = None if unset else getattr(task, name)
+        if sent != getattr(stored, name):
+            violations.add(f"task.{name}", "is immutable", "IMMUTABLE_FIELD")
+    violations.raise_if_any()
 
 
 def check_project(
@@ -224,6 +239,8 @@ def check_task_filter(request: ListOrStream) -> Violations:
         check_id(violations, "assignee_id", request.assignee_id)
         if request.unassigned:
             violations.add("unassigned", "cannot be combined with assignee_id", "CONFLICT")
+    if request.HasField("creator_id"):
+        check_id(violations, "creator_id", request.creator_id)
     if request.HasField("parent_task_id"):
         check_id(violations, "parent_task_id", request.parent_task_id)
         if request.top_level_only:

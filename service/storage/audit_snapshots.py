@@ -27,6 +27,7 @@ def task_snapshot(task: AnyTask) -> Snapshot:
     snapshot["assignee_id"] = task.assignee_id
     snapshot["parent_task_id"] = task.parent_task_id
     snapshot["delete_time"] = _json(task.delete_time)
+    snapshot["creator_id"] = task.creator_id
     return snapshot
 
 

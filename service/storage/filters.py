@@ -35,3 +35,4 @@ class TaskFilter:
     create_time: TimeBounds = field(default_factory=TimeBounds)
     update_time: TimeBounds = field(default_factory=TimeBounds)
     show_deleted: bool = False
+    creator_id: int | None = None

@@ -193,12 +193,23 @@ class Task(SQLModel, table=True):
     # ancestor deleted with force), so an undelete restores exactly that subtree.
     delete_time: datetime | None = Field(default=None, sa_type=UTCDateTime(), nullable=True)
     deleted_with_id: int | None = Field(default=None, sa_type=IdType, nullable=True, index=True)
+    # Who created the task (immutable); SET NULL only backs up DeleteWorker, which
+    # clears it through the ORM so the task's etag moves and the change is audited.
+    creator_id: int | None = Field(
+        default=None,
+        sa_column=Column(IdType, ForeignKey("workers.id", ondelete="SET NULL"), index=True),
+    )
 
     __mapper_args__ = {"version_id_col": _TASK_VERSION}
 
     # lazy="raise": an unplanned lazy load is a bug (MissingGreenlet under asyncio);
-    # repositories load what a view needs with selectinload.
-    assignee: Worker | None = Relationship(sa_relationship_kwargs={"lazy": "raise"})
+    # repositories load what a view needs eagerly.
+    assignee: Worker | None = Relationship(
+        sa_relationship_kwargs={"lazy": "raise", "foreign_keys": "[Task.assignee_id]"}
+    )
+    creator: Worker | None = Relationship(
+        sa_relationship_kwargs={"lazy": "raise", "foreign_keys": "[Task.creator_id]"}
+    )
     parent: Optional["Task"] = Relationship(  # noqa: UP045 - a forward ref can't use `|`
         back_populates="subtasks",
         sa_relationship_kwargs={"lazy": "raise", "remote_side": "Task.id"},
@@ -232,6 +243,7 @@ class NewTask:
     version: int = 1
     delete_time: datetime | None = None
     deleted_with_id: int | None = None
+    creator_id: int | None = None
 
 
 # A stored task or one about to be inserted: what snapshots, BASIC messages and the

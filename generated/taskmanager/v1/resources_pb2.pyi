@@ -142,6 +142,7 @@ class Task(_message.Message):
     SUBTASKS_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
     DELETE_TIME_FIELD_NUMBER: _builtins.int
+    CREATOR_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Server-assigned identifier, positive."""
     project_id: _builtins.int
@@ -166,6 +167,12 @@ class Task(_message.Message):
     """Version tag (AIP-154), changed by every write. Send it back in an update
     (or delete request) to make the write conditional: a stale etag is
     ABORTED. Leave it empty for last-write-wins.
+    """
+    creator_id: _builtins.int
+    """The worker who created the task: set on create (it must name an existing
+    worker, else FAILED_PRECONDITION), immutable afterwards (an update that
+    changes it is INVALID_ARGUMENT); unset means not recorded. Cleared when
+    that worker is deleted.
     """
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -214,17 +221,22 @@ class Task(_message.Message):
         subtasks: _abc.Iterable[Global___Task] | None = ...,
         etag: _builtins.str = ...,
         delete_time: _timestamp_pb2.Timestamp | None = ...,
+        creator_id: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_parent_task_id", b"_parent_task_id", "assignee", b"assignee", "assignee_id", b"assignee_id", "create_time", b"create_time", "delete_time", b"delete_time", "parent_task_id", b"parent_task_id", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_creator_id", b"_creator_id", "_parent_task_id", b"_parent_task_id", "assignee", b"assignee", "assignee_id", b"assignee_id", "create_time", b"create_time", "creator_id", b"creator_id", "delete_time", b"delete_time", "parent_task_id", b"parent_task_id", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_parent_task_id", b"_parent_task_id", "assignee", b"assignee", "assignee_id", b"assignee_id", "create_time", b"create_time", "delete_time", b"delete_time", "description", b"description", "etag", b"etag", "id", b"id", "parent_task_id", b"parent_task_id", "priority", b"priority", "project_id", b"project_id", "status", b"status", "subtasks", b"subtasks", "tags", b"tags", "title", b"title", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_creator_id", b"_creator_id", "_parent_task_id", b"_parent_task_id", "assignee", b"assignee", "assignee_id", b"assignee_id", "create_time", b"create_time", "creator_id", b"creator_id", "delete_time", b"delete_time", "description", b"description", "etag", b"etag", "id", b"id", "parent_task_id", b"parent_task_id", "priority", b"priority", "project_id", b"project_id", "status", b"status", "subtasks", b"subtasks", "tags", b"tags", "title", b"title", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__assignee_id: _TypeAlias = _typing.Literal["assignee_id"]  # noqa: Y015
     _WhichOneofArgType__assignee_id: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id"]  # noqa: Y015
+    _WhichOneofReturnType__creator_id: _TypeAlias = _typing.Literal["creator_id"]  # noqa: Y015
+    _WhichOneofArgType__creator_id: _TypeAlias = _typing.Literal["_creator_id", b"_creator_id"]  # noqa: Y015
     _WhichOneofReturnType__parent_task_id: _TypeAlias = _typing.Literal["parent_task_id"]  # noqa: Y015
     _WhichOneofArgType__parent_task_id: _TypeAlias = _typing.Literal["_parent_task_id", b"_parent_task_id"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__assignee_id) -> _WhichOneofReturnType__assignee_id | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__creator_id) -> _WhichOneofReturnType__creator_id | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__parent_task_id) -> _WhichOneofReturnType__parent_task_id | None: ...
 

@@ -110,6 +110,7 @@ class ListTasksRequest(_message.Message):
     ORDER_BY_FIELD_NUMBER: _builtins.int
     VIEW_FIELD_NUMBER: _builtins.int
     SHOW_DELETED_FIELD_NUMBER: _builtins.int
+    CREATOR_ID_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Maximum number of tasks to return: 0 means 50, above 1000 is taken as
     1000, negative is INVALID_ARGUMENT. A page may hold fewer.
@@ -140,6 +141,8 @@ class ListTasksRequest(_message.Message):
     """How much of each task to return; defaults to TASK_VIEW_BASIC."""
     show_deleted: _builtins.bool
     """Also return soft-deleted tasks (AIP-164)."""
+    creator_id: _builtins.int
+    """Only tasks created by this worker (`Task.creator_id`)."""
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[_resources_pb2.TaskStatus.ValueType]:
         """Only tasks in any of these statuses; empty means any status."""
@@ -179,17 +182,22 @@ class ListTasksRequest(_message.Message):
         order_by: _builtins.str = ...,
         view: _resources_pb2.TaskView.ValueType = ...,
         show_deleted: _builtins.bool = ...,
+        creator_id: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_parent_task_id", b"_parent_task_id", "assignee_id", b"assignee_id", "create_time", b"create_time", "parent_task_id", b"parent_task_id", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_creator_id", b"_creator_id", "_parent_task_id", b"_parent_task_id", "assignee_id", b"assignee_id", "create_time", b"create_time", "creator_id", b"creator_id", "parent_task_id", b"parent_task_id", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_parent_task_id", b"_parent_task_id", "assignee_id", b"assignee_id", "create_time", b"create_time", "order_by", b"order_by", "page_size", b"page_size", "page_token", b"page_token", "parent_task_id", b"parent_task_id", "priorities", b"priorities", "project_id", b"project_id", "show_deleted", b"show_deleted", "statuses", b"statuses", "tags", b"tags", "title_contains", b"title_contains", "top_level_only", b"top_level_only", "unassigned", b"unassigned", "update_time", b"update_time", "view", b"view"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_creator_id", b"_creator_id", "_parent_task_id", b"_parent_task_id", "assignee_id", b"assignee_id", "create_time", b"create_time", "creator_id", b"creator_id", "order_by", b"order_by", "page_size", b"page_size", "page_token", b"page_token", "parent_task_id", b"parent_task_id", "priorities", b"priorities", "project_id", b"project_id", "show_deleted", b"show_deleted", "statuses", b"statuses", "tags", b"tags", "title_contains", b"title_contains", "top_level_only", b"top_level_only", "unassigned", b"unassigned", "update_time", b"update_time", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__assignee_id: _TypeAlias = _typing.Literal["assignee_id"]  # noqa: Y015
     _WhichOneofArgType__assignee_id: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id"]  # noqa: Y015
+    _WhichOneofReturnType__creator_id: _TypeAlias = _typing.Literal["creator_id"]  # noqa: Y015
+    _WhichOneofArgType__creator_id: _TypeAlias = _typing.Literal["_creator_id", b"_creator_id"]  # noqa: Y015
     _WhichOneofReturnType__parent_task_id: _TypeAlias = _typing.Literal["parent_task_id"]  # noqa: Y015
     _WhichOneofArgType__parent_task_id: _TypeAlias = _typing.Literal["_parent_task_id", b"_parent_task_id"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__assignee_id) -> _WhichOneofReturnType__assignee_id | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__creator_id) -> _WhichOneofReturnType__creator_id | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__parent_task_id) -> _WhichOneofReturnType__parent_task_id | None: ...
 
@@ -245,6 +253,7 @@ class StreamTasksRequest(_message.Message):
     BATCH_SIZE_FIELD_NUMBER: _builtins.int
     RESUME_TOKEN_FIELD_NUMBER: _builtins.int
     SHOW_DELETED_FIELD_NUMBER: _builtins.int
+    CREATOR_ID_FIELD_NUMBER: _builtins.int
     project_id: _builtins.int
     """Only tasks of this project; 0 means all projects."""
     assignee_id: _builtins.int
@@ -275,6 +284,8 @@ class StreamTasksRequest(_message.Message):
     """
     show_deleted: _builtins.bool
     """Also stream soft-deleted tasks (AIP-164)."""
+    creator_id: _builtins.int
+    """Only tasks created by this worker (`Task.creator_id`)."""
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[_resources_pb2.TaskStatus.ValueType]:
         """Only tasks in any of these statuses; empty means any status."""
@@ -314,17 +325,22 @@ class StreamTasksRequest(_message.Message):
         batch_size: _builtins.int = ...,
         resume_token: _builtins.str = ...,
         show_deleted: _builtins.bool = ...,
+        creator_id: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_parent_task_id", b"_parent_task_id", "assignee_id", b"assignee_id", "create_time", b"create_time", "parent_task_id", b"parent_task_id", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_creator_id", b"_creator_id", "_parent_task_id", b"_parent_task_id", "assignee_id", b"assignee_id", "create_time", b"create_time", "creator_id", b"creator_id", "parent_task_id", b"parent_task_id", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_parent_task_id", b"_parent_task_id", "assignee_id", b"assignee_id", "batch_size", b"batch_size", "create_time", b"create_time", "order_by", b"order_by", "parent_task_id", b"parent_task_id", "priorities", b"priorities", "project_id", b"project_id", "resume_token", b"resume_token", "show_deleted", b"show_deleted", "statuses", b"statuses", "tags", b"tags", "title_contains", b"title_contains", "top_level_only", b"top_level_only", "unassigned", b"unassigned", "update_time", b"update_time", "view", b"view"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_creator_id", b"_creator_id", "_parent_task_id", b"_parent_task_id", "assignee_id", b"assignee_id", "batch_size", b"batch_size", "create_time", b"create_time", "creator_id", b"creator_id", "order_by", b"order_by", "parent_task_id", b"parent_task_id", "priorities", b"priorities", "project_id", b"project_id", "resume_token", b"resume_token", "show_deleted", b"show_deleted", "statuses", b"statuses", "tags", b"tags", "title_contains", b"title_contains", "top_level_only", b"top_level_only", "unassigned", b"unassigned", "update_time", b"update_time", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__assignee_id: _TypeAlias = _typing.Literal["assignee_id"]  # noqa: Y015
     _WhichOneofArgType__assignee_id: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id"]  # noqa: Y015
+    _WhichOneofReturnType__creator_id: _TypeAlias = _typing.Literal["creator_id"]  # noqa: Y015
+    _WhichOneofArgType__creator_id: _TypeAlias = _typing.Literal["_creator_id", b"_creator_id"]  # noqa: Y015
     _WhichOneofReturnType__parent_task_id: _TypeAlias = _typing.Literal["parent_task_id"]  # noqa: Y015
     _WhichOneofArgType__parent_task_id: _TypeAlias = _typing.Literal["_parent_task_id", b"_parent_task_id"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__assignee_id) -> _WhichOneofReturnType__assignee_id | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__creator_id) -> _WhichOneofReturnType__creator_id | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__parent_task_id) -> _WhichOneofReturnType__parent_task_id | None: ...
 

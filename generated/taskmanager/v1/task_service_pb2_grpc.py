@@ -93,8 +93,8 @@ class TaskServiceServicer:
 
     def CreateTask(self, request, context):
         """Creates a task. INVALID_ARGUMENT for bad fields; FAILED_PRECONDITION when
-        the project, assignee or parent task does not exist, or the parent is in
-        another project.
+        the project, assignee, creator or parent task does not exist, or the
+        parent is in another project.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

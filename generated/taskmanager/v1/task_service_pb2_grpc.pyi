@@ -39,8 +39,8 @@ class TaskServiceStub:
     def __new__(cls, channel: _aio.Channel) -> TaskServiceAsyncStub: ...
     CreateTask: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.CreateTaskRequest, _resources_pb2.Task]
     """Creates a task. INVALID_ARGUMENT for bad fields; FAILED_PRECONDITION when
-    the project, assignee or parent task does not exist, or the parent is in
-    another project.
+    the project, assignee, creator or parent task does not exist, or the
+    parent is in another project.
     """
     GetTask: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.GetTaskRequest, _resources_pb2.Task]
     """Returns one task. NOT_FOUND if there is no task with that id."""
@@ -79,8 +79,8 @@ class TaskServiceAsyncStub(TaskServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateTask: _aio.UnaryUnaryMultiCallable[_task_service_pb2.CreateTaskRequest, _resources_pb2.Task]  # type: ignore[assignment]
     """Creates a task. INVALID_ARGUMENT for bad fields; FAILED_PRECONDITION when
-    the project, assignee or parent task does not exist, or the parent is in
-    another project.
+    the project, assignee, creator or parent task does not exist, or the
+    parent is in another project.
     """
     GetTask: _aio.UnaryUnaryMultiCallable[_task_service_pb2.GetTaskRequest, _resources_pb2.Task]  # type: ignore[assignment]
     """Returns one task. NOT_FOUND if there is no task with that id."""
@@ -122,8 +122,8 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_resources_pb2.Task, _abc.Awaitable[_resources_pb2.Task]]:
         """Creates a task. INVALID_ARGUMENT for bad fields; FAILED_PRECONDITION when
-        the project, assignee or parent task does not exist, or the parent is in
-        another project.
+        the project, assignee, creator or parent task does not exist, or the
+        parent is in another project.
         """
 
     @_abc_1.abstractmethod

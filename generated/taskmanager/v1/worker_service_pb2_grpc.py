@@ -97,7 +97,8 @@ class WorkerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteWorker(self, request, context):
-        """Deletes a worker; tasks assigned to it become unassigned.
+        """Deletes a worker; tasks assigned to it become unassigned and tasks it
+        created lose their `creator_id` (each such task's etag changes).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

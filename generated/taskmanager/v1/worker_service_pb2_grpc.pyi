@@ -44,7 +44,9 @@ class WorkerServiceStub:
     UpdateWorker: _grpc.UnaryUnaryMultiCallable[_worker_service_pb2.UpdateWorkerRequest, _resources_pb2.Worker]
     """Changes the fields named in update_mask (AIP-134)."""
     DeleteWorker: _grpc.UnaryUnaryMultiCallable[_worker_service_pb2.DeleteWorkerRequest, _empty_pb2.Empty]
-    """Deletes a worker; tasks assigned to it become unassigned."""
+    """Deletes a worker; tasks assigned to it become unassigned and tasks it
+    created lose their `creator_id` (each such task's etag changes).
+    """
 
 @_typing.type_check_only
 class WorkerServiceAsyncStub(WorkerServiceStub):
@@ -60,7 +62,9 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
     UpdateWorker: _aio.UnaryUnaryMultiCallable[_worker_service_pb2.UpdateWorkerRequest, _resources_pb2.Worker]  # type: ignore[assignment]
     """Changes the fields named in update_mask (AIP-134)."""
     DeleteWorker: _aio.UnaryUnaryMultiCallable[_worker_service_pb2.DeleteWorkerRequest, _empty_pb2.Empty]  # type: ignore[assignment]
-    """Deletes a worker; tasks assigned to it become unassigned."""
+    """Deletes a worker; tasks assigned to it become unassigned and tasks it
+    created lose their `creator_id` (each such task's etag changes).
+    """
 
 class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
     """Manages workers, the people or systems tasks are assigned to."""
@@ -103,6 +107,8 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _worker_service_pb2.DeleteWorkerRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
-        """Deletes a worker; tasks assigned to it become unassigned."""
+        """Deletes a worker; tasks assigned to it become unassigned and tasks it
+        created lose their `creator_id` (each such task's etag changes).
+        """
 
 def add_WorkerServiceServicer_to_server(servicer: WorkerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -59,6 +59,7 @@ def basic_task_message(task: AnyTask) -> resources_pb2.Task:
         assignee_id=task.assignee_id,
         parent_task_id=task.parent_task_id,
         etag=etag_of(task),
+        creator_id=task.creator_id,
     )
     to_timestamp(task.create_time, message.create_time)
     to_timestamp(task.update_time, message.update_time)
@@ -97,6 +98,7 @@ def _basic_fields(row: Sequence[Any]) -> dict[str, Any]:
         "assignee_id": row[7],
         "parent_task_id": row[8],
         "etag": etag_for(row[11]),
+        "creator_id": row[13],
     }
 
 
@@ -120,6 +122,7 @@ def new_task_from_message(message: resources_pb2.Task, now: datetime) -> NewTask
         parent_task_id=message.parent_task_id if message.HasField("parent_task_id") else None,
         create_time=now,
         update_time=now,
+        creator_id=message.creator_id if message.HasField("creator_id") else None,
     )
 
 
@@ -159,6 +162,7 @@ def task_filter_from(request: ListOrStream) -> TaskFilter:
         create_time=_bounds(request, "create_time"),
         update_time=_bounds(request, "update_time"),
         show_deleted=request.show_deleted,
+        creator_id=request.creator_id if request.HasField("creator_id") else None,
     )
 
 

@@ -20,8 +20,10 @@ from service.api.mapping.tasks import (
 )
 from service.api.pagination import PageRequest, Pagination
 from service.api.requests import (
+    TASK_MASK,
     check_batch_create_tasks,
     check_create_task,
+    check_immutable_unchanged,
     check_task_filter,
     check_update_task,
 )
@@ -32,8 +34,6 @@ from service.storage.database import UnitOfWork
 from service.storage.errors import (
     AlreadyExists,
     FailedPrecondition,
-    FieldViolation,
-    InvalidArgument,
     Unavailable,
     at_index,
 )
@@ -242,15 +242,12 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
                 await uow.tasks.lock_tree((await uow.tasks.get(request.task.id)).project_id)
             task = await uow.tasks.get(request.task.id, for_update=True)
             check_etag(task, request.task.etag, "task")
-            if "project_id" in fields and request.task.project_id != task.project_id:
-                raise InvalidArgument(
-                    [FieldViolation("task.project_id", "is immutable", "IMMUTABLE_FIELD")]
-                )
+            check_immutable_unchanged(task, request.task, fields)
             if task.delete_time is not None:
                 raise FailedPrecondition(
                     "TASK_DELETED", f"task {task.id} is deleted; undelete it first", task_id=task.id
                 )
-            if fields - {"project_id"}:
+            if fields - TASK_MASK.immutable:
                 before = task_snapshot(task)
                 apply_task_update(task, request.task, fields, utc_now())
                 if fields & {"assignee_id", "parent_task_id"}:

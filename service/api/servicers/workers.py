@@ -1,4 +1,4 @@
-"""WorkerService; deleting a worker unassigns its tasks."""
+"""WorkerService; deleting a worker unassigns its tasks and clears it as their creator."""
 
 from __future__ import annotations
 
@@ -21,13 +21,18 @@ from taskmanager.v1 import worker_service_pb2 as pb
 Context = Any  # grpc.aio.ServicerContext
 
 
-async def unassign_tasks(uow: UnitOfWork, worker_id: int) -> None:
-    """Unassign a worker's tasks through the ORM rather than ON DELETE SET NULL,
-    so each task's version (etag) and update_time move and the change is audited."""
+async def release_tasks(uow: UnitOfWork, worker_id: int) -> None:
+    """Unassign a worker's tasks and clear it as their creator, through the ORM rather
+    than ON DELETE SET NULL, so each task's version (etag) and update_time move and the
+    change is audited."""
     now = utc_now()
-    for task in await uow.tasks.assigned_to(worker_id):
+    for task in await uow.tasks.referencing_worker(worker_id):
         before = task_snapshot(task)
-        task.assignee_id, task.update_time = None, now
+        if task.assignee_id == worker_id:
+            task.assignee_id = None
+        if task.creator_id == worker_id:
+            task.creator_id = None
+        task.update_time = now
         uow.record("task", task.id, "update", before, task_snapshot(task))
 
 
@@ -46,7 +51,7 @@ WORKERS: ResourceKind[Worker, resources_pb2.Worker] = ResourceKind(
         default_size=50,
         max_size=1000,
     ),
-    before_delete=unassign_tasks,
+    before_delete=release_tasks,
 )
 
 

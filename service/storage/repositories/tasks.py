@@ -67,6 +67,7 @@ BASIC_COLUMNS: tuple[Any, ...] = (
     col(Task.update_time),
     col(Task.version),
     col(Task.delete_time),
+    col(Task.creator_id),
 )
 BASIC_KEYS = tuple(column.key for column in BASIC_COLUMNS)
 
@@ -86,17 +87,21 @@ _PROJECT_EXISTS = exists().where(
 )
 _ASSIGNEE_ID = bindparam("assignee_id", type_=_TASKS_TABLE.c.assignee_id.type)
 _ASSIGNEE_EXISTS = exists().where(Worker.__table__.c.id == _ASSIGNEE_ID)  # type: ignore[attr-defined]
+_CREATOR_ID = bindparam("creator_id", type_=_TASKS_TABLE.c.creator_id.type)
+_CREATOR_EXISTS = exists().where(Worker.__table__.c.id == _CREATOR_ID)  # type: ignore[attr-defined]
 # Which references exist, when a create inserted nothing: one round trip.
-_REFERENCES_EXIST: Select[Any] = select(_PROJECT_EXISTS, _ASSIGNEE_EXISTS)  # type: ignore[assignment]
-# CreateTask: every column but the id, inserted only if the project and the assignee
-# exist (no row otherwise): the reference check costs no round trip of its own.
+_REFERENCES_EXIST: Select[Any] = select(_PROJECT_EXISTS, _ASSIGNEE_EXISTS, _CREATOR_EXISTS)  # type: ignore[assignment]
+# CreateTask: every column but the id, inserted only if the project, the assignee and
+# the creator exist (no row otherwise): the reference check costs no round trip of its own.
 _INSERT_KEYS = tuple(column.key for column in _TASKS_TABLE.columns if not column.primary_key)
 _INSERT_IF_REFERENCES_EXIST = (
     insert(_TASKS_TABLE)
     .from_select(
         _INSERT_KEYS,
         select(*(bindparam(key, type_=_TASKS_TABLE.c[key].type) for key in _INSERT_KEYS)).where(
-            _PROJECT_EXISTS, or_(_ASSIGNEE_ID.is_(null()), _ASSIGNEE_EXISTS)
+            _PROJECT_EXISTS,
+            or_(_ASSIGNEE_ID.is_(null()), _ASSIGNEE_EXISTS),
+            or_(_CREATOR_ID.is_(null()), _CREATOR_EXISTS),
         ),
     )
     .returning(_TASKS_TABLE.c.id)
@@ -201,6 +206,8 @@ class TaskRepository(Repository[Task]):
             conditions.append(col(Task.parent_task_id) == f.parent_task_id)
         if f.top_level_only:
             conditions.append(col(Task.parent_task_id).is_(None))
+        if f.creator_id is not None:
+            conditions.append(col(Task.creator_id) == f.creator_id)
         if f.tags:
             conditions.append(self._has_all_tags(f.tags))
         if f.title_contains:
@@ -247,8 +254,8 @@ class TaskRepository(Repository[Task]):
             await self._check_references(task)
 
     async def _check_references(self, task: AnyTask) -> None:
-        project_exists, assignee_exists = await self._references_exist(
-            task.project_id, task.assignee_id
+        project_exists, assignee_exists, creator_exists = await self._references_exist(
+            task.project_id, task.assignee_id, task.creator_id
         )
         if not project_exists:
             raise FailedPrecondition(
@@ -262,32 +269,43 @@ class TaskRepository(Repository[Task]):
                 f"worker {task.assignee_id} does not exist",
                 assignee_id=task.assignee_id,
             )
+        if not creator_exists:
+            raise FailedPrecondition(
+                "CREATOR_NOT_FOUND",
+                f"worker {task.creator_id} does not exist",
+                creator_id=task.creator_id,
+            )
         if task.parent_task_id is not None:
             await self._check_parent(task)
 
     async def _references_exist(
-        self, project_id: int, assignee_id: int | None
-    ) -> tuple[bool, bool]:
-        """Whether the project and the assignee (if any) exist: one query, at most.
+        self, project_id: int, assignee_id: int | None, creator_id: int | None
+    ) -> tuple[bool, bool, bool]:
+        """Whether the project, the assignee and the creator (if any) exist: one query, at most.
 
         Remembered for the unit of work, so a batch into one project asks once; a row
         deleted meanwhile still cannot be referenced (the foreign keys hold).
         """
-        wanted = {("project", project_id)}
-        if assignee_id is not None:
-            wanted.add(("worker", assignee_id))
-        if not wanted <= self._known_references:
+        known = self._known_references
+        workers = [worker_id for worker_id in (assignee_id, creator_id) if worker_id is not None]
+        wanted = {("project", project_id), *(("worker", worker_id) for worker_id in workers)}
+        if not wanted <= known:
             row = await self.fetch_row(
-                _REFERENCES_EXIST, {"project_id": project_id, "assignee_id": assignee_id}
+                _REFERENCES_EXIST,
+                {"project_id": project_id, "assignee_id": assignee_id, "creator_id": creator_id},
             )
             assert row is not None
-            if row[0]:
-                self._known_references.add(("project", project_id))
-            if row[1] and assignee_id is not None:
-                self._known_references.add(("worker", assignee_id))
+            for (kind, entity_id), exists_now in zip(
+                (("project", project_id), ("worker", assignee_id), ("worker", creator_id)),
+                row,
+                strict=True,
+            ):
+                if exists_now and entity_id is not None:
+                    known.add((kind, entity_id))
         return (
-            ("project", project_id) in self._known_references,
-            assignee_id is None or ("worker", assignee_id) in self._known_references,
+            ("project", project_id) in known,
+            assignee_id is None or ("worker", assignee_id) in known,
+            creator_id is None or ("worker", creator_id) in known,
         )
 
     async def _check_parent(self, task: AnyTask) -> None:
@@ -360,9 +378,13 @@ class TaskRepository(Repository[Task]):
         statement = select(Task).where(col(Task.deleted_with_id) == task_id).with_for_update()
         return list((await self.session.exec(statement)).all())
 
-    async def assigned_to(self, worker_id: int) -> list[Task]:
-        """Every task (deleted or not) assigned to a worker, locked for update."""
-        statement = select(Task).where(col(Task.assignee_id) == worker_id).with_for_update()
+    async def referencing_worker(self, worker_id: int) -> list[Task]:
+        """Every task (deleted or not) assigned to or created by a worker, locked for update."""
+        statement = (
+            select(Task)
+            .where(or_(col(Task.assignee_id) == worker_id, col(Task.creator_id) == worker_id))
+            .with_for_update()
+        )
         return list((await self.session.exec(statement)).all())
 
     async def purge_deleted(
