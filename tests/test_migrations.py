@@ -49,12 +49,14 @@ SAFE_WRITES_INDEXES = {
 # Columns and indexes of each later revision, by table: present exactly from it on.
 LATER_COLUMNS: dict[str, dict[str, set[str]]] = {
     "0004": {"tasks": {"creator_id"}},  # the task creator
+    "0005": {"tasks": {"due_time"}},  # due dates
 }
 LATER_INDEXES: dict[str, dict[str, set[str]]] = {
     "0004": {"tasks": {"ix_tasks_creator_id"}},
+    "0005": {"tasks": {"ix_tasks_due_time_id", "ix_tasks_id_without_due_time"}},
 }
 # Revisions in order, base first.
-REVISIONS = ["0001", "0002", "0003", "0004"]
+REVISIONS = ["0001", "0002", "0003", "0004", "0005"]
 
 
 @dataclass
@@ -382,3 +384,22 @@ async def test_migrations_run_in_one_transaction_on_postgres(
         event.remove(Pool, "connect", log_queries)
     # asyncpg logs what it sends by itself: the transaction around all of the DDL.
     assert [query.split()[0].rstrip(";").upper() for query in sent] == ["BEGIN", "COMMIT"], sent
+
+
+async def test_index_of_tasks_without_due_time_is_partial(empty_database: str) -> None:
+    """Only the rows without a due time: the tail of order_by due_time (nulls last)."""
+    url = empty_database
+    await upgrade(url)
+    query = (
+        "SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_tasks_id_without_due_time'"
+        if url.startswith("postgresql")
+        else "SELECT sql FROM sqlite_master WHERE name = 'ix_tasks_id_without_due_time'"
+    )
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as connection:
+            definition = str((await connection.execute(text(query))).scalar_one())
+    finally:
+        await engine.dispose()
+    assert "WHERE" in definition.upper(), definition
+    assert "due_time IS NULL" in definition.replace("(", "").replace(")", ""), definition

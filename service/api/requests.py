@@ -27,7 +27,16 @@ from taskmanager.v1 import (
 
 TASK_MASK = MaskRules(
     mutable=frozenset(
-        {"title", "description", "status", "priority", "tags", "assignee_id", "parent_task_id"}
+        {
+            "title",
+            "description",
+            "status",
+            "priority",
+            "tags",
+            "assignee_id",
+            "parent_task_id",
+            "due_time",
+        }
     ),
     immutable=frozenset({"project_id", "creator_id"}),
     output_only=frozenset(
@@ -80,6 +89,9 @@ def check_task(
     for name in ("assignee_id", "parent_task_id", "creator_id"):
         if name in fields and task.HasField(name):
             check_id(violations, f"{prefix}.{name}", getattr(task, name))
+    if "due_time" in fields and task.HasField("due_time"):
+        if not is_valid_timestamp(task.due_time):
+            violations.add(f"{prefix}.due_time", "not a valid timestamp", "INVALID_TIMESTAMP")
 
 
 def check_create_task(request: task_service_pb2.CreateTaskRequest) -> None:
@@ -248,7 +260,7 @@ def check_task_filter(request: ListOrStream) -> Violations:
     check_tags(violations, "tags", request.tags)
     check_no_nul(violations, "title_contains", request.title_contains)
     check_enum(violations, "view", request.view, resources_pb2.TaskView, allow_unspecified=True)
-    for name in ("create_time", "update_time"):
+    for name in ("create_time", "update_time", "due_time"):
         check_time_range(violations, name, getattr(request, name))
     return violations
 

@@ -36,3 +36,6 @@ class TaskFilter:
     update_time: TimeBounds = field(default_factory=TimeBounds)
     show_deleted: bool = False
     creator_id: int | None = None
+    due_time: TimeBounds = field(default_factory=TimeBounds)
+    # Due before this time and neither DONE nor CANCELLED; None: no such filter.
+    overdue_at: datetime | None = None

@@ -18,6 +18,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import TypeDecorator
@@ -146,6 +147,15 @@ class Task(SQLModel, table=True):
         Index("ix_tasks_update_time_id", "update_time", "id"),
         Index("ix_tasks_priority_id", "priority", "id"),
         Index("ix_tasks_title_id", "title", "id"),
+        # order_by due_time: the tasks with a due time by (due_time, id), then those
+        # without one by id, from a partial index (see keyset.py: nulls last).
+        Index("ix_tasks_due_time_id", "due_time", "id"),
+        Index(
+            "ix_tasks_id_without_due_time",
+            "id",
+            postgresql_where=text("due_time IS NULL"),
+            sqlite_where=text("due_time IS NULL"),
+        ),
         # PostgreSQL only (env.py skips them elsewhere): tags @> and title ILIKE.
         Index(
             "ix_tasks_tags_gin",
@@ -199,6 +209,7 @@ class Task(SQLModel, table=True):
         default=None,
         sa_column=Column(IdType, ForeignKey("workers.id", ondelete="SET NULL"), index=True),
     )
+    due_time: datetime | None = Field(default=None, sa_type=UTCDateTime(), nullable=True)
 
     __mapper_args__ = {"version_id_col": _TASK_VERSION}
 
@@ -244,6 +255,7 @@ class NewTask:
     delete_time: datetime | None = None
     deleted_with_id: int | None = None
     creator_id: int | None = None
+    due_time: datetime | None = None
 
 
 # A stored task or one about to be inserted: what snapshots, BASIC messages and the

@@ -143,6 +143,7 @@ class Task(_message.Message):
     ETAG_FIELD_NUMBER: _builtins.int
     DELETE_TIME_FIELD_NUMBER: _builtins.int
     CREATOR_ID_FIELD_NUMBER: _builtins.int
+    DUE_TIME_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Server-assigned identifier, positive."""
     project_id: _builtins.int
@@ -203,6 +204,13 @@ class Task(_message.Message):
         restored with UndeleteTask, and are purged 30 days after deletion.
         """
 
+    @_builtins.property
+    def due_time(self) -> _timestamp_pb2.Timestamp:
+        """When the task is due (UTC, kept to the microsecond); unset means no due
+        time. An update that masks it without setting it clears it. A task is
+        overdue once this has passed while it is neither DONE nor CANCELLED.
+        """
+
     def __init__(
         self,
         *,
@@ -222,10 +230,11 @@ class Task(_message.Message):
         etag: _builtins.str = ...,
         delete_time: _timestamp_pb2.Timestamp | None = ...,
         creator_id: _builtins.int | None = ...,
+        due_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_creator_id", b"_creator_id", "_parent_task_id", b"_parent_task_id", "assignee", b"assignee", "assignee_id", b"assignee_id", "create_time", b"create_time", "creator_id", b"creator_id", "delete_time", b"delete_time", "parent_task_id", b"parent_task_id", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_creator_id", b"_creator_id", "_parent_task_id", b"_parent_task_id", "assignee", b"assignee", "assignee_id", b"assignee_id", "create_time", b"create_time", "creator_id", b"creator_id", "delete_time", b"delete_time", "due_time", b"due_time", "parent_task_id", b"parent_task_id", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_creator_id", b"_creator_id", "_parent_task_id", b"_parent_task_id", "assignee", b"assignee", "assignee_id", b"assignee_id", "create_time", b"create_time", "creator_id", b"creator_id", "delete_time", b"delete_time", "description", b"description", "etag", b"etag", "id", b"id", "parent_task_id", b"parent_task_id", "priority", b"priority", "project_id", b"project_id", "status", b"status", "subtasks", b"subtasks", "tags", b"tags", "title", b"title", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_creator_id", b"_creator_id", "_parent_task_id", b"_parent_task_id", "assignee", b"assignee", "assignee_id", b"assignee_id", "create_time", b"create_time", "creator_id", b"creator_id", "delete_time", b"delete_time", "description", b"description", "due_time", b"due_time", "etag", b"etag", "id", b"id", "parent_task_id", b"parent_task_id", "priority", b"priority", "project_id", b"project_id", "status", b"status", "subtasks", b"subtasks", "tags", b"tags", "title", b"title", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__assignee_id: _TypeAlias = _typing.Literal["assignee_id"]  # noqa: Y015
     _WhichOneofArgType__assignee_id: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id"]  # noqa: Y015

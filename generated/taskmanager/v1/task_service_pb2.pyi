@@ -111,6 +111,8 @@ class ListTasksRequest(_message.Message):
     VIEW_FIELD_NUMBER: _builtins.int
     SHOW_DELETED_FIELD_NUMBER: _builtins.int
     CREATOR_ID_FIELD_NUMBER: _builtins.int
+    DUE_TIME_FIELD_NUMBER: _builtins.int
+    OVERDUE_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Maximum number of tasks to return: 0 means 50, above 1000 is taken as
     1000, negative is INVALID_ARGUMENT. A page may hold fewer.
@@ -134,8 +136,9 @@ class ListTasksRequest(_message.Message):
     """Only tasks whose title contains this text, case-insensitively."""
     order_by: _builtins.str
     """Sort order (AIP-132): one of `create_time`, `update_time`, `priority`,
-    `title`, optionally followed by ` desc`; ties are broken by id in the
-    same direction. Default `create_time desc`.
+    `title`, `due_time`, optionally followed by ` desc`; ties are broken by id
+    in the same direction. With `due_time`, tasks without a due time come
+    last in both directions (by id). Default `create_time desc`.
     """
     view: _resources_pb2.TaskView.ValueType
     """How much of each task to return; defaults to TASK_VIEW_BASIC."""
@@ -143,6 +146,10 @@ class ListTasksRequest(_message.Message):
     """Also return soft-deleted tasks (AIP-164)."""
     creator_id: _builtins.int
     """Only tasks created by this worker (`Task.creator_id`)."""
+    overdue: _builtins.bool
+    """Only overdue tasks: due before the time of the call (for a stream, the
+    time it started) and neither DONE nor CANCELLED.
+    """
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[_resources_pb2.TaskStatus.ValueType]:
         """Only tasks in any of these statuses; empty means any status."""
@@ -162,6 +169,10 @@ class ListTasksRequest(_message.Message):
     @_builtins.property
     def update_time(self) -> _resources_pb2.TimeRange:
         """Only tasks last changed in this interval."""
+
+    @_builtins.property
+    def due_time(self) -> _resources_pb2.TimeRange:
+        """Only tasks due in this interval (tasks without a due time never match)."""
 
     def __init__(
         self,
@@ -183,10 +194,12 @@ class ListTasksRequest(_message.Message):
         view: _resources_pb2.TaskView.ValueType = ...,
         show_deleted: _builtins.bool = ...,
         creator_id: _builtins.int | None = ...,
+        due_time: _resources_pb2.TimeRange | None = ...,
+        overdue: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_creator_id", b"_creator_id", "_parent_task_id", b"_parent_task_id", "assignee_id", b"assignee_id", "create_time", b"create_time", "creator_id", b"creator_id", "parent_task_id", b"parent_task_id", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_creator_id", b"_creator_id", "_parent_task_id", b"_parent_task_id", "assignee_id", b"assignee_id", "create_time", b"create_time", "creator_id", b"creator_id", "due_time", b"due_time", "parent_task_id", b"parent_task_id", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_creator_id", b"_creator_id", "_parent_task_id", b"_parent_task_id", "assignee_id", b"assignee_id", "create_time", b"create_time", "creator_id", b"creator_id", "order_by", b"order_by", "page_size", b"page_size", "page_token", b"page_token", "parent_task_id", b"parent_task_id", "priorities", b"priorities", "project_id", b"project_id", "show_deleted", b"show_deleted", "statuses", b"statuses", "tags", b"tags", "title_contains", b"title_contains", "top_level_only", b"top_level_only", "unassigned", b"unassigned", "update_time", b"update_time", "view", b"view"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_creator_id", b"_creator_id", "_parent_task_id", b"_parent_task_id", "assignee_id", b"assignee_id", "create_time", b"create_time", "creator_id", b"creator_id", "due_time", b"due_time", "order_by", b"order_by", "overdue", b"overdue", "page_size", b"page_size", "page_token", b"page_token", "parent_task_id", b"parent_task_id", "priorities", b"priorities", "project_id", b"project_id", "show_deleted", b"show_deleted", "statuses", b"statuses", "tags", b"tags", "title_contains", b"title_contains", "top_level_only", b"top_level_only", "unassigned", b"unassigned", "update_time", b"update_time", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__assignee_id: _TypeAlias = _typing.Literal["assignee_id"]  # noqa: Y015
     _WhichOneofArgType__assignee_id: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id"]  # noqa: Y015
@@ -254,6 +267,8 @@ class StreamTasksRequest(_message.Message):
     RESUME_TOKEN_FIELD_NUMBER: _builtins.int
     SHOW_DELETED_FIELD_NUMBER: _builtins.int
     CREATOR_ID_FIELD_NUMBER: _builtins.int
+    DUE_TIME_FIELD_NUMBER: _builtins.int
+    OVERDUE_FIELD_NUMBER: _builtins.int
     project_id: _builtins.int
     """Only tasks of this project; 0 means all projects."""
     assignee_id: _builtins.int
@@ -286,6 +301,10 @@ class StreamTasksRequest(_message.Message):
     """Also stream soft-deleted tasks (AIP-164)."""
     creator_id: _builtins.int
     """Only tasks created by this worker (`Task.creator_id`)."""
+    overdue: _builtins.bool
+    """Only overdue tasks: due before the time of the call (for a stream, the
+    time it started) and neither DONE nor CANCELLED.
+    """
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[_resources_pb2.TaskStatus.ValueType]:
         """Only tasks in any of these statuses; empty means any status."""
@@ -305,6 +324,10 @@ class StreamTasksRequest(_message.Message):
     @_builtins.property
     def update_time(self) -> _resources_pb2.TimeRange:
         """Only tasks last changed in this interval."""
+
+    @_builtins.property
+    def due_time(self) -> _resources_pb2.TimeRange:
+        """Only tasks due in this interval (tasks without a due time never match)."""
 
     def __init__(
         self,
@@ -326,10 +349,12 @@ class StreamTasksRequest(_message.Message):
         resume_token: _builtins.str = ...,
         show_deleted: _builtins.bool = ...,
         creator_id: _builtins.int | None = ...,
+        due_time: _resources_pb2.TimeRange | None = ...,
+        overdue: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_creator_id", b"_creator_id", "_parent_task_id", b"_parent_task_id", "assignee_id", b"assignee_id", "create_time", b"create_time", "creator_id", b"creator_id", "parent_task_id", b"parent_task_id", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_creator_id", b"_creator_id", "_parent_task_id", b"_parent_task_id", "assignee_id", b"assignee_id", "create_time", b"create_time", "creator_id", b"creator_id", "due_time", b"due_time", "parent_task_id", b"parent_task_id", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_creator_id", b"_creator_id", "_parent_task_id", b"_parent_task_id", "assignee_id", b"assignee_id", "batch_size", b"batch_size", "create_time", b"create_time", "creator_id", b"creator_id", "order_by", b"order_by", "parent_task_id", b"parent_task_id", "priorities", b"priorities", "project_id", b"project_id", "resume_token", b"resume_token", "show_deleted", b"show_deleted", "statuses", b"statuses", "tags", b"tags", "title_contains", b"title_contains", "top_level_only", b"top_level_only", "unassigned", b"unassigned", "update_time", b"update_time", "view", b"view"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_creator_id", b"_creator_id", "_parent_task_id", b"_parent_task_id", "assignee_id", b"assignee_id", "batch_size", b"batch_size", "create_time", b"create_time", "creator_id", b"creator_id", "due_time", b"due_time", "order_by", b"order_by", "overdue", b"overdue", "parent_task_id", b"parent_task_id", "priorities", b"priorities", "project_id", b"project_id", "resume_token", b"resume_token", "show_deleted", b"show_deleted", "statuses", b"statuses", "tags", b"tags", "title_contains", b"title_contains", "top_level_only", b"top_level_only", "unassigned", b"unassigned", "update_time", b"update_time", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__assignee_id: _TypeAlias = _typing.Literal["assignee_id"]  # noqa: Y015
     _WhichOneofArgType__assignee_id: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id"]  # noqa: Y015

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence, Set
 from datetime import datetime
 from typing import Any
 
-from service.api.mapping.timestamps import from_timestamp_ceil, to_timestamp
+from service.api.mapping.timestamps import from_timestamp, from_timestamp_ceil, to_timestamp
 from service.api.mapping.workers import worker_to_message
 from service.storage.etags import etag_for, etag_of
 from service.storage.filters import TaskFilter, TimeBounds
@@ -65,6 +65,8 @@ def basic_task_message(task: AnyTask) -> resources_pb2.Task:
     to_timestamp(task.update_time, message.update_time)
     if task.delete_time is not None:
         to_timestamp(task.delete_time, message.delete_time)
+    if task.due_time is not None:
+        to_timestamp(task.due_time, message.due_time)
     return message
 
 
@@ -107,6 +109,8 @@ def _set_times(message: resources_pb2.Task, row: Sequence[Any]) -> None:
     to_timestamp(row[10], message.update_time)
     if row[12] is not None:
         to_timestamp(row[12], message.delete_time)
+    if row[14] is not None:
+        to_timestamp(row[14], message.due_time)
 
 
 def new_task_from_message(message: resources_pb2.Task, now: datetime) -> NewTask:
@@ -123,7 +127,12 @@ def new_task_from_message(message: resources_pb2.Task, now: datetime) -> NewTask
         create_time=now,
         update_time=now,
         creator_id=message.creator_id if message.HasField("creator_id") else None,
+        due_time=_due_time(message),
     )
+
+
+def _due_time(message: resources_pb2.Task) -> datetime | None:
+    return from_timestamp(message.due_time) if message.HasField("due_time") else None
 
 
 def apply_task_update(
@@ -144,11 +153,14 @@ def apply_task_update(
         task.assignee_id = message.assignee_id if message.HasField("assignee_id") else None
     if "parent_task_id" in fields:
         task.parent_task_id = message.parent_task_id if message.HasField("parent_task_id") else None
+    if "due_time" in fields:
+        task.due_time = _due_time(message)
     task.update_time = now
 
 
-def task_filter_from(request: ListOrStream) -> TaskFilter:
-    """The filter fields of a ListTasks or StreamTasks request (validated beforehand)."""
+def task_filter_from(request: ListOrStream, now: datetime) -> TaskFilter:
+    """The filter fields of a ListTasks or StreamTasks request (validated beforehand);
+    `now` is when `overdue` is judged."""
     return TaskFilter(
         project_id=request.project_id or None,
         statuses=tuple(STATUS_FROM_MESSAGE[s] for s in request.statuses),
@@ -163,6 +175,8 @@ def task_filter_from(request: ListOrStream) -> TaskFilter:
         update_time=_bounds(request, "update_time"),
         show_deleted=request.show_deleted,
         creator_id=request.creator_id if request.HasField("creator_id") else None,
+        due_time=_bounds(request, "due_time"),
+        overdue_at=now if request.overdue else None,
     )
 
 

@@ -39,7 +39,13 @@ from service.storage.errors import (
 )
 from service.storage.etags import check_etag
 from service.storage.filters import TaskFilter
-from service.storage.keyset import Position, int_field, text_field, time_field
+from service.storage.keyset import (
+    Position,
+    int_field,
+    optional_time_field,
+    text_field,
+    time_field,
+)
 from service.storage.models import AuditEvent, NewTask, Task, utc_now
 from service.storage.repositories.base import Page
 from service.storage.repositories.tasks import FULL_VIEW, parent_deleted
@@ -55,6 +61,7 @@ LIST_TASKS = Pagination(
         "update_time": time_field(Task.update_time),
         "priority": int_field(Task.priority),
         "title": text_field(Task.title),
+        "due_time": optional_time_field(Task.due_time),
     },
     default_order="create_time desc",
     default_size=50,
@@ -175,8 +182,9 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
     ) -> pb.ListTasksResponse:
         page_request = LIST_TASKS.read(request, self.deps.page_tokens, check_task_filter(request))
         async with self.deps.unit_of_work(context, read_only=True) as uow:
+            task_filter = task_filter_from(request, utc_now())
             page = await _read_tasks(
-                uow, task_filter_from(request), page_request, page_request.after, request.view
+                uow, task_filter, page_request, page_request.after, request.view
             )
         response = pb.ListTasksResponse(
             next_page_token=LIST_TASKS.token_after(
@@ -197,7 +205,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
     async def _stream_batches(
         self, request: pb.StreamTasksRequest, stream: PageRequest, context: Context
     ) -> AsyncIterator[pb.StreamTasksResponse]:
-        task_filter = task_filter_from(request)
+        task_filter = task_filter_from(request, utc_now())
 
         async def read(after: Position | None) -> Page[Any]:
             # One short transaction per batch: no connection is held while the

@@ -165,9 +165,7 @@ class Repository(Generic[Entity]):
     ) -> Page[Sequence[Any]]:
         """Like `page`, for rows whose id is column 0 and sort key column `key_index`."""
         id_column: InstrumentedAttribute[int] = self.model.id
-        if after is not None:
-            statement = statement.where(ordering.after(after, id_column))
-        rows = await self.fetch_rows(ordering.apply(statement, id_column).limit(limit + 1))
+        rows = await self.fetch_rows(ordering.window(statement, id_column, after, limit + 1))
         items = list(rows[:limit])
         last = Position(items[-1][key_index], items[-1][0]) if items else None
         return Page(items, last, more=len(rows) > limit)
@@ -181,9 +179,7 @@ class Repository(Generic[Entity]):
     ) -> Page[Entity]:
         """The `limit` rows after `after` in `ordering` (one extra row tells if more follow)."""
         id_column: InstrumentedAttribute[int] = self.model.id
-        if after is not None:
-            statement = statement.where(ordering.after(after, id_column))
-        statement = ordering.apply(statement, id_column).limit(limit + 1)  # type: ignore[assignment]
+        statement = ordering.window(statement, id_column, after, limit + 1)  # type: ignore[assignment]
         rows = list((await self.session.exec(statement)).all())
         items = rows[:limit]
         last = ordering.position_of(items[-1]) if items else None

@@ -40,6 +40,7 @@ from service.storage.models import (
     NewTask,
     Project,
     Task,
+    TaskStatus,
     Worker,
 )
 from service.storage.repositories.audit import EVENT_KEYS, INSERT_EVENTS, AuditValues
@@ -68,6 +69,7 @@ BASIC_COLUMNS: tuple[Any, ...] = (
     col(Task.version),
     col(Task.delete_time),
     col(Task.creator_id),
+    col(Task.due_time),
 )
 BASIC_KEYS = tuple(column.key for column in BASIC_COLUMNS)
 
@@ -214,6 +216,11 @@ class TaskRepository(Repository[Task]):
             conditions.append(self._title_contains(f.title_contains))
         conditions.extend(_within(col(Task.create_time), f.create_time))
         conditions.extend(_within(col(Task.update_time), f.update_time))
+        conditions.extend(_within(col(Task.due_time), f.due_time))
+        if f.overdue_at is not None:
+            conditions.append(col(Task.due_time) < f.overdue_at)
+            finished = [TaskStatus.DONE.value, TaskStatus.CANCELLED.value]
+            conditions.append(col(Task.status).not_in(finished))
         return conditions
 
     def _any_of(self, column: Any, values: list[Any]) -> ColumnElement[bool]:
