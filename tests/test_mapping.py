@@ -69,6 +69,7 @@ def stored_task(**fields: Any) -> Task:
         "create_time": CREATED,
         "update_time": NOW,
         "version": 4,
+        "project": Project(id=3, name="Apollo", create_time=CREATED, update_time=NOW),
     }
     values.update(fields)
     return Task(**values)
@@ -231,6 +232,20 @@ def test_task_to_message_full_view_adds_assignee_and_basic_subtasks() -> None:
     # Subtasks are in the BASIC view: no nested assignee or grandchildren.
     assert all(not s.HasField("assignee") for s in message.subtasks)
     assert all(len(s.subtasks) == 0 for s in message.subtasks)
+
+
+def test_task_to_message_full_view_adds_project_and_creator() -> None:
+    creator = Worker(id=12, name="Bo", email="bo@example.com", create_time=CREATED, update_time=NOW)
+    task = stored_task(creator_id=12, creator=creator, assignee=None, subtasks=[])
+
+    message = task_to_message(task, resources_pb2.TASK_VIEW_FULL)
+    basic = task_to_message(task)
+
+    assert message.project == project_to_message(task.project)
+    assert message.creator == worker_to_message(creator)
+    assert not basic.HasField("project")
+    assert not basic.HasField("creator")
+    assert basic.creator_id == 12
 
 
 def test_task_to_message_full_view_leaves_out_deleted_subtasks() -> None:

@@ -40,7 +40,17 @@ TASK_MASK = MaskRules(
     ),
     immutable=frozenset({"project_id", "creator_id"}),
     output_only=frozenset(
-        {"id", "create_time", "update_time", "assignee", "subtasks", "etag", "delete_time"}
+        {
+            "id",
+            "create_time",
+            "update_time",
+            "assignee",
+            "subtasks",
+            "etag",
+            "delete_time",
+            "project",
+            "creator",
+        }
     ),
 )
 PROJECT_MASK = MaskRules(

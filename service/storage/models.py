@@ -221,6 +221,7 @@ class Task(SQLModel, table=True):
     creator: Worker | None = Relationship(
         sa_relationship_kwargs={"lazy": "raise", "foreign_keys": "[Task.creator_id]"}
     )
+    project: Project = Relationship(sa_relationship_kwargs={"lazy": "raise"})
     parent: Optional["Task"] = Relationship(  # noqa: UP045 - a forward ref can't use `|`
         back_populates="subtasks",
         sa_relationship_kwargs={"lazy": "raise", "remote_side": "Task.id"},

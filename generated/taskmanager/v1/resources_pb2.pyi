@@ -102,10 +102,13 @@ class _TaskViewEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskView.Val
     TASK_VIEW_UNSPECIFIED: _TaskView.ValueType  # 0
     """Same as TASK_VIEW_BASIC."""
     TASK_VIEW_BASIC: _TaskView.ValueType  # 1
-    """The task's own fields only (`assignee` and `subtasks` stay empty)."""
+    """The task's own fields only (`assignee`, `subtasks`, `project` and
+    `creator` stay empty).
+    """
     TASK_VIEW_FULL: _TaskView.ValueType  # 2
-    """Also the assigned `Worker` and the direct (one level) subtasks, loaded
-    in a fixed number of queries however many subtasks there are.
+    """Also the owning `Project`, the assigned and the creating `Worker` and the
+    direct (one level) subtasks, loaded in a fixed number of queries per
+    request or page however many tasks and subtasks there are.
     """
 
 class TaskView(_TaskView, metaclass=_TaskViewEnumTypeWrapper):
@@ -114,10 +117,13 @@ class TaskView(_TaskView, metaclass=_TaskViewEnumTypeWrapper):
 TASK_VIEW_UNSPECIFIED: TaskView.ValueType  # 0
 """Same as TASK_VIEW_BASIC."""
 TASK_VIEW_BASIC: TaskView.ValueType  # 1
-"""The task's own fields only (`assignee` and `subtasks` stay empty)."""
+"""The task's own fields only (`assignee`, `subtasks`, `project` and
+`creator` stay empty).
+"""
 TASK_VIEW_FULL: TaskView.ValueType  # 2
-"""Also the assigned `Worker` and the direct (one level) subtasks, loaded
-in a fixed number of queries however many subtasks there are.
+"""Also the owning `Project`, the assigned and the creating `Worker` and the
+direct (one level) subtasks, loaded in a fixed number of queries per
+request or page however many tasks and subtasks there are.
 """
 Global___TaskView: _TypeAlias = TaskView  # noqa: Y015
 
@@ -144,6 +150,8 @@ class Task(_message.Message):
     DELETE_TIME_FIELD_NUMBER: _builtins.int
     CREATOR_ID_FIELD_NUMBER: _builtins.int
     DUE_TIME_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    CREATOR_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Server-assigned identifier, positive."""
     project_id: _builtins.int
@@ -211,6 +219,18 @@ class Task(_message.Message):
         overdue once this has passed while it is neither DONE nor CANCELLED.
         """
 
+    @_builtins.property
+    def project(self) -> Global___Project:
+        """The project that owns the task (BASIC view of the project: no task
+        counts); only filled with TASK_VIEW_FULL.
+        """
+
+    @_builtins.property
+    def creator(self) -> Global___Worker:
+        """The worker who created the task, if recorded; only filled with
+        TASK_VIEW_FULL.
+        """
+
     def __init__(
         self,
         *,
@@ -231,10 +251,12 @@ class Task(_message.Message):
         delete_time: _timestamp_pb2.Timestamp | None = ...,
         creator_id: _builtins.int | None = ...,
         due_time: _timestamp_pb2.Timestamp | None = ...,
+        project: Global___Project | None = ...,
+        creator: Global___Worker | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_creator_id", b"_creator_id", "_parent_task_id", b"_parent_task_id", "assignee", b"assignee", "assignee_id", b"assignee_id", "create_time", b"create_time", "creator_id", b"creator_id", "delete_time", b"delete_time", "due_time", b"due_time", "parent_task_id", b"parent_task_id", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_creator_id", b"_creator_id", "_parent_task_id", b"_parent_task_id", "assignee", b"assignee", "assignee_id", b"assignee_id", "create_time", b"create_time", "creator", b"creator", "creator_id", b"creator_id", "delete_time", b"delete_time", "due_time", b"due_time", "parent_task_id", b"parent_task_id", "project", b"project", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_creator_id", b"_creator_id", "_parent_task_id", b"_parent_task_id", "assignee", b"assignee", "assignee_id", b"assignee_id", "create_time", b"create_time", "creator_id", b"creator_id", "delete_time", b"delete_time", "description", b"description", "due_time", b"due_time", "etag", b"etag", "id", b"id", "parent_task_id", b"parent_task_id", "priority", b"priority", "project_id", b"project_id", "status", b"status", "subtasks", b"subtasks", "tags", b"tags", "title", b"title", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_creator_id", b"_creator_id", "_parent_task_id", b"_parent_task_id", "assignee", b"assignee", "assignee_id", b"assignee_id", "create_time", b"create_time", "creator", b"creator", "creator_id", b"creator_id", "delete_time", b"delete_time", "description", b"description", "due_time", b"due_time", "etag", b"etag", "id", b"id", "parent_task_id", b"parent_task_id", "priority", b"priority", "project", b"project", "project_id", b"project_id", "status", b"status", "subtasks", b"subtasks", "tags", b"tags", "title", b"title", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__assignee_id: _TypeAlias = _typing.Literal["assignee_id"]  # noqa: Y015
     _WhichOneofArgType__assignee_id: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id"]  # noqa: Y015

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from service.api.mapping.timestamps import from_timestamp, from_timestamp_ceil, to_timestamp
+from service.api.mapping.projects import project_to_message
 from service.api.mapping.workers import worker_to_message
 from service.storage.etags import etag_for, etag_of
 from service.storage.filters import TaskFilter, TimeBounds
@@ -35,11 +36,15 @@ def normalise_tags(tags: Iterable[str]) -> list[str]:
 def task_to_message(
     task: Task, view: resources_pb2.TaskView.ValueType = resources_pb2.TASK_VIEW_BASIC
 ) -> resources_pb2.Task:
-    """The API form of a stored task; FULL adds the (eagerly loaded) assignee and subtasks."""
+    """The API form of a stored task; FULL adds the (eagerly loaded) project, assignee,
+    creator and subtasks."""
     message = basic_task_message(task)
     if view == resources_pb2.TASK_VIEW_FULL:
+        message.project.CopyFrom(project_to_message(task.project))
         if task.assignee is not None:
             message.assignee.CopyFrom(worker_to_message(task.assignee))
+        if task.creator is not None:
+            message.creator.CopyFrom(worker_to_message(task.creator))
         message.subtasks.extend(
             task_to_message(subtask) for subtask in task.subtasks if subtask.delete_time is None
         )

@@ -26,7 +26,7 @@ from sqlalchemy import (
     or_,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import selectinload
+from sqlalchemy.orm import joinedload, selectinload
 from sqlalchemy.sql.base import ExecutableOption
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -46,9 +46,12 @@ from service.storage.models import (
 from service.storage.repositories.audit import EVENT_KEYS, INSERT_EVENTS, AuditValues
 from service.storage.repositories.base import Page, Repository
 
-# TASK_VIEW_FULL: the assignee and direct subtasks, one extra SELECT each per page.
+# TASK_VIEW_FULL: the project, assignee and creator (many-to-one) joined into the
+# task's own SELECT; the direct subtasks (one-to-many) by one more SELECT per page.
 FULL_VIEW: tuple[ExecutableOption, ...] = (
-    selectinload(Task.assignee),  # type: ignore[arg-type]
+    joinedload(Task.project),  # type: ignore[arg-type]
+    joinedload(Task.assignee),  # type: ignore[arg-type]
+    joinedload(Task.creator),  # type: ignore[arg-type]
     selectinload(Task.subtasks),  # type: ignore[arg-type]
 )
 
