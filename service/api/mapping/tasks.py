@@ -6,8 +6,8 @@ from collections.abc import Iterable, Sequence, Set
 from datetime import datetime
 from typing import Any
 
-from service.api.mapping.timestamps import from_timestamp, from_timestamp_ceil, to_timestamp
 from service.api.mapping.projects import project_to_message
+from service.api.mapping.timestamps import from_timestamp, from_timestamp_ceil, to_timestamp
 from service.api.mapping.workers import worker_to_message
 from service.storage.etags import etag_for, etag_of
 from service.storage.filters import TaskFilter, TimeBounds
