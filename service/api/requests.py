@@ -55,11 +55,11 @@ TASK_MASK = MaskRules(
 )
 PROJECT_MASK = MaskRules(
     mutable=frozenset({"name", "description"}),
-    output_only=frozenset({"id", "create_time", "update_time", "etag"}),
+    output_only=frozenset({"id", "create_time", "update_time", "etag", "task_counts"}),
 )
 WORKER_MASK = MaskRules(
     mutable=frozenset({"name", "email"}),
-    output_only=frozenset({"id", "create_time", "update_time", "etag"}),
+    output_only=frozenset({"id", "create_time", "update_time", "etag", "task_counts"}),
 )
 
 

@@ -127,6 +127,62 @@ request or page however many tasks and subtasks there are.
 """
 Global___TaskView: _TypeAlias = TaskView  # noqa: Y015
 
+class _ProjectView:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ProjectViewEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ProjectView.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PROJECT_VIEW_UNSPECIFIED: _ProjectView.ValueType  # 0
+    """Same as PROJECT_VIEW_BASIC."""
+    PROJECT_VIEW_BASIC: _ProjectView.ValueType  # 1
+    """The project's own fields only (`task_counts` stays empty)."""
+    PROJECT_VIEW_FULL: _ProjectView.ValueType  # 2
+    """Also `task_counts`, computed in one more query per request or page
+    however many projects it holds.
+    """
+
+class ProjectView(_ProjectView, metaclass=_ProjectViewEnumTypeWrapper):
+    """How much of a project a read returns."""
+
+PROJECT_VIEW_UNSPECIFIED: ProjectView.ValueType  # 0
+"""Same as PROJECT_VIEW_BASIC."""
+PROJECT_VIEW_BASIC: ProjectView.ValueType  # 1
+"""The project's own fields only (`task_counts` stays empty)."""
+PROJECT_VIEW_FULL: ProjectView.ValueType  # 2
+"""Also `task_counts`, computed in one more query per request or page
+however many projects it holds.
+"""
+Global___ProjectView: _TypeAlias = ProjectView  # noqa: Y015
+
+class _WorkerView:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _WorkerViewEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WorkerView.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    WORKER_VIEW_UNSPECIFIED: _WorkerView.ValueType  # 0
+    """Same as WORKER_VIEW_BASIC."""
+    WORKER_VIEW_BASIC: _WorkerView.ValueType  # 1
+    """The worker's own fields only (`task_counts` stays empty)."""
+    WORKER_VIEW_FULL: _WorkerView.ValueType  # 2
+    """Also `task_counts`, computed in one more query per request or page
+    however many workers it holds.
+    """
+
+class WorkerView(_WorkerView, metaclass=_WorkerViewEnumTypeWrapper):
+    """How much of a worker a read returns."""
+
+WORKER_VIEW_UNSPECIFIED: WorkerView.ValueType  # 0
+"""Same as WORKER_VIEW_BASIC."""
+WORKER_VIEW_BASIC: WorkerView.ValueType  # 1
+"""The worker's own fields only (`task_counts` stays empty)."""
+WORKER_VIEW_FULL: WorkerView.ValueType  # 2
+"""Also `task_counts`, computed in one more query per request or page
+however many workers it holds.
+"""
+Global___WorkerView: _TypeAlias = WorkerView  # noqa: Y015
+
 @_typing.final
 class Task(_message.Message):
     """A unit of work inside a project. Tasks form trees through `parent_task_id`."""
@@ -285,6 +341,7 @@ class Project(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    TASK_COUNTS_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Server-assigned identifier, positive."""
     name: _builtins.str
@@ -304,6 +361,12 @@ class Project(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When the project was last changed (UTC)."""
 
+    @_builtins.property
+    def task_counts(self) -> Global___TaskCounts:
+        """The project's live (not soft-deleted) tasks by status; only filled with
+        PROJECT_VIEW_FULL.
+        """
+
     def __init__(
         self,
         *,
@@ -313,10 +376,11 @@ class Project(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
+        task_counts: Global___TaskCounts | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "task_counts", b"task_counts", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "etag", b"etag", "id", b"id", "name", b"name", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "etag", b"etag", "id", b"id", "name", b"name", "task_counts", b"task_counts", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -334,6 +398,7 @@ class Worker(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    TASK_COUNTS_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Server-assigned identifier, positive."""
     name: _builtins.str
@@ -353,6 +418,12 @@ class Worker(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When the worker was last changed (UTC)."""
 
+    @_builtins.property
+    def task_counts(self) -> Global___TaskCounts:
+        """The live (not soft-deleted) tasks assigned to the worker, by status; only
+        filled with WORKER_VIEW_FULL.
+        """
+
     def __init__(
         self,
         *,
@@ -362,10 +433,11 @@ class Worker(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
+        task_counts: Global___TaskCounts | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "task_counts", b"task_counts", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "email", b"email", "etag", b"etag", "id", b"id", "name", b"name", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "email", b"email", "etag", b"etag", "id", b"id", "name", b"name", "task_counts", b"task_counts", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -488,3 +560,43 @@ class FieldChange(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FieldChange: _TypeAlias = FieldChange  # noqa: Y015
+
+@_typing.final
+class TaskCounts(_message.Message):
+    """How many live (not soft-deleted) tasks are in each status. Open work is
+    pending + in_progress + blocked.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PENDING_FIELD_NUMBER: _builtins.int
+    IN_PROGRESS_FIELD_NUMBER: _builtins.int
+    BLOCKED_FIELD_NUMBER: _builtins.int
+    DONE_FIELD_NUMBER: _builtins.int
+    CANCELLED_FIELD_NUMBER: _builtins.int
+    pending: _builtins.int
+    """Tasks in TASK_STATUS_PENDING."""
+    in_progress: _builtins.int
+    """Tasks in TASK_STATUS_IN_PROGRESS."""
+    blocked: _builtins.int
+    """Tasks in TASK_STATUS_BLOCKED."""
+    done: _builtins.int
+    """Tasks in TASK_STATUS_DONE."""
+    cancelled: _builtins.int
+    """Tasks in TASK_STATUS_CANCELLED."""
+    def __init__(
+        self,
+        *,
+        pending: _builtins.int = ...,
+        in_progress: _builtins.int = ...,
+        blocked: _builtins.int = ...,
+        done: _builtins.int = ...,
+        cancelled: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocked", b"blocked", "cancelled", b"cancelled", "done", b"done", "in_progress", b"in_progress", "pending", b"pending"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaskCounts: _TypeAlias = TaskCounts  # noqa: Y015

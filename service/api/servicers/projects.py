@@ -38,6 +38,9 @@ PROJECTS: ResourceKind[Project, resources_pb2.Project] = ResourceKind(
         default_size=50,
         max_size=1000,
     ),
+    view_enum=resources_pb2.ProjectView,
+    full_view=resources_pb2.PROJECT_VIEW_FULL,
+    task_counts=lambda uow, ids: uow.projects.task_counts(ids),
 )
 
 
@@ -57,7 +60,7 @@ class ProjectServicer(project_service_pb2_grpc.ProjectServiceServicer):
     async def GetProject(
         self, request: pb.GetProjectRequest, context: Context
     ) -> resources_pb2.Project:
-        return await self.methods.get(request.id, context)
+        return await self.methods.get(request.id, request.view, context)
 
     async def ListProjects(
         self, request: pb.ListProjectsRequest, context: Context

@@ -51,6 +51,9 @@ WORKERS: ResourceKind[Worker, resources_pb2.Worker] = ResourceKind(
         default_size=50,
         max_size=1000,
     ),
+    view_enum=resources_pb2.WorkerView,
+    full_view=resources_pb2.WORKER_VIEW_FULL,
+    task_counts=lambda uow, ids: uow.workers.task_counts(ids),
     before_delete=release_tasks,
 )
 
@@ -70,7 +73,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
     async def GetWorker(
         self, request: pb.GetWorkerRequest, context: Context
     ) -> resources_pb2.Worker:
-        return await self.methods.get(request.id, context)
+        return await self.methods.get(request.id, request.view, context)
 
     async def ListWorkers(
         self, request: pb.ListWorkersRequest, context: Context

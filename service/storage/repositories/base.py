@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
-from sqlalchemy import Result, Select
+from sqlalchemy import ARRAY, ColumnElement, Result, Select, any_, literal
 from sqlalchemy.orm import InstrumentedAttribute, Session
 from sqlalchemy.sql.base import Executable, ExecutableOption
 from sqlmodel import SQLModel, select
@@ -57,6 +57,14 @@ class Repository(Generic[Entity]):
         bind = self.session.bind
         assert bind is not None
         return bind.dialect.name
+
+    def any_of(self, column: Any, values: list[Any]) -> ColumnElement[bool]:
+        """`column` equals any of `values`."""
+        if self.dialect == "postgresql":
+            # One array parameter instead of an expanding IN list: the statement text
+            # no longer depends on how many values there are, so it compiles once.
+            return column == any_(literal(values, ARRAY(column.type)))  # type: ignore[no-any-return]
+        return column.in_(values)  # type: ignore[no-any-return]
 
     def not_found(self, entity_id: int) -> NotFound:
         """The NOT_FOUND error for this resource type."""

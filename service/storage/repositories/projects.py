@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sqlmodel import col, select
 
 from service.storage.errors import FailedPrecondition
 from service.storage.keyset import Ordering, Position
 from service.storage.models import Project, Task
 from service.storage.repositories.base import Page, Repository
+from service.storage.repositories.task_counts import TaskCounts, live_task_counts
 from service.storage.repositories.tasks import TaskRepository
 
 
@@ -22,6 +25,10 @@ class ProjectRepository(Repository[Project]):
     ) -> Page[Project]:
         """One keyset page of projects."""
         return await self.page(select(Project), ordering, after, limit)
+
+    async def task_counts(self, project_ids: Sequence[int]) -> dict[int, TaskCounts]:
+        """Each project's live tasks by status (one statement)."""
+        return await live_task_counts(self, col(Task.project_id), project_ids)
 
     async def delete(self, entity: Project) -> None:
         """Delete a project without live tasks (its soft-deleted ones are purged with it)."""

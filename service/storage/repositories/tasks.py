@@ -8,12 +8,10 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
-    ARRAY,
     ColumnElement,
     Select,
     String,
     and_,
-    any_,
     bindparam,
     cast,
     delete,
@@ -200,9 +198,9 @@ class TaskRepository(Repository[Task]):
         if f.project_id is not None:
             conditions.append(col(Task.project_id) == f.project_id)
         if f.statuses:
-            conditions.append(self._any_of(col(Task.status), [s.value for s in f.statuses]))
+            conditions.append(self.any_of(col(Task.status), [s.value for s in f.statuses]))
         if f.priorities:
-            conditions.append(self._any_of(col(Task.priority), [int(p) for p in f.priorities]))
+            conditions.append(self.any_of(col(Task.priority), [int(p) for p in f.priorities]))
         if f.assignee_id is not None:
             conditions.append(col(Task.assignee_id) == f.assignee_id)
         if f.unassigned:
@@ -225,13 +223,6 @@ class TaskRepository(Repository[Task]):
             finished = [TaskStatus.DONE.value, TaskStatus.CANCELLED.value]
             conditions.append(col(Task.status).not_in(finished))
         return conditions
-
-    def _any_of(self, column: Any, values: list[Any]) -> ColumnElement[bool]:
-        if self.dialect == "postgresql":
-            # One array parameter instead of an expanding IN list: the statement text
-            # no longer depends on how many values there are, so it compiles once.
-            return column == any_(literal(values, ARRAY(column.type)))  # type: ignore[no-any-return]
-        return column.in_(values)  # type: ignore[no-any-return]
 
     def _title_contains(self, text: str) -> ColumnElement[bool]:
         if self.dialect == "postgresql":

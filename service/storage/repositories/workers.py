@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from sqlmodel import select
+from collections.abc import Sequence
+
+from sqlmodel import col, select
 
 from service.storage.keyset import Ordering, Position
-from service.storage.models import Worker
+from service.storage.models import Task, Worker
 from service.storage.repositories.base import Page, Repository
+from service.storage.repositories.task_counts import TaskCounts, live_task_counts
 
 
 class WorkerRepository(Repository[Worker]):
@@ -20,3 +23,7 @@ class WorkerRepository(Repository[Worker]):
     ) -> Page[Worker]:
         """One keyset page of workers."""
         return await self.page(select(Worker), ordering, after, limit)
+
+    async def task_counts(self, worker_ids: Sequence[int]) -> dict[int, TaskCounts]:
+        """The live tasks assigned to each worker, by status (one statement)."""
+        return await live_task_counts(self, col(Task.assignee_id), worker_ids)
