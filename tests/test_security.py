@@ -284,6 +284,9 @@ READS: dict[str, Call] = {
             timeout=TIMEOUT,
         )
     ),
+    "BatchGetTasks": lambda s, t, md: s.tasks.BatchGetTasks(
+        task_service_pb2.BatchGetTasksRequest(ids=[t.id]), metadata=md, timeout=TIMEOUT
+    ),
     "ListTaskEvents": lambda s, t, md: s.tasks.ListTaskEvents(
         task_service_pb2.ListTaskEventsRequest(task_id=t.id), metadata=md, timeout=TIMEOUT
     ),

@@ -144,6 +144,17 @@ def check_batch_create_tasks(request: task_service_pb2.BatchCreateTasksRequest) 
     violations.raise_if_any()
 
 
+def check_batch_get_tasks(request: task_service_pb2.BatchGetTasksRequest) -> None:
+    """INVALID_ARGUMENT unless 1 to 1000 positive ids and a known view (AIP-231)."""
+    violations = Violations()
+    if not 1 <= len(request.ids) <= BATCH_MAX:
+        violations.add("ids", f"must hold 1 to {BATCH_MAX} ids", "BATCH_SIZE")
+    for index, task_id in enumerate(request.ids):
+        check_id(violations, f"ids[{index}]", task_id)
+    check_enum(violations, "view", request.view, resources_pb2.TaskView, allow_unspecified=True)
+    violations.raise_if_any()
+
+
 def check_update_task(request: task_service_pb2.UpdateTaskRequest) -> frozenset[str]:
     """The fields to update; INVALID_ARGUMENT for a bad mask or bad values."""
     violations = Violations()

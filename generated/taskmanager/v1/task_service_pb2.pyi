@@ -603,3 +603,57 @@ class ListTaskEventsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListTaskEventsResponse: _TypeAlias = ListTaskEventsResponse  # noqa: Y015
+
+@_typing.final
+class BatchGetTasksRequest(_message.Message):
+    """Request of BatchGetTasks."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDS_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
+    view: _resources_pb2.TaskView.ValueType
+    """How much of each task to return; defaults to TASK_VIEW_BASIC."""
+    @_builtins.property
+    def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The tasks' ids, 1 to 1000, each positive. An id may repeat: its task is
+        then returned at each of its positions.
+        """
+
+    def __init__(
+        self,
+        *,
+        ids: _abc.Iterable[_builtins.int] | None = ...,
+        view: _resources_pb2.TaskView.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ids", b"ids", "view", b"view"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchGetTasksRequest: _TypeAlias = BatchGetTasksRequest  # noqa: Y015
+
+@_typing.final
+class BatchGetTasksResponse(_message.Message):
+    """Response of BatchGetTasks."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASKS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tasks(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.Task]:
+        """The tasks, in the order of the request's `ids`."""
+
+    def __init__(
+        self,
+        *,
+        tasks: _abc.Iterable[_resources_pb2.Task] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tasks", b"tasks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchGetTasksResponse: _TypeAlias = BatchGetTasksResponse  # noqa: Y015

@@ -83,6 +83,11 @@ class TaskServiceStub:
                 request_serializer=taskmanager_dot_v1_dot_task__service__pb2.ListTaskEventsRequest.SerializeToString,
                 response_deserializer=taskmanager_dot_v1_dot_task__service__pb2.ListTaskEventsResponse.FromString,
                 _registered_method=True)
+        self.BatchGetTasks = channel.unary_unary(
+                '/taskmanager.v1.TaskService/BatchGetTasks',
+                request_serializer=taskmanager_dot_v1_dot_task__service__pb2.BatchGetTasksRequest.SerializeToString,
+                response_deserializer=taskmanager_dot_v1_dot_task__service__pb2.BatchGetTasksResponse.FromString,
+                _registered_method=True)
 
 
 class TaskServiceServicer:
@@ -163,6 +168,17 @@ class TaskServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BatchGetTasks(self, request, context):
+        """Returns up to 1000 tasks by id, in request order (AIP-231), soft-deleted
+        ones included as with GetTask. All or nothing: if any id names no task,
+        the call is NOT_FOUND (reason TASK_NOT_FOUND) and names the missing ids
+        in its message and in ErrorInfo metadata `task_ids` (the first 30) and
+        `missing_count`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TaskServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -210,6 +226,11 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     servicer.ListTaskEvents,
                     request_deserializer=taskmanager_dot_v1_dot_task__service__pb2.ListTaskEventsRequest.FromString,
                     response_serializer=taskmanager_dot_v1_dot_task__service__pb2.ListTaskEventsResponse.SerializeToString,
+            ),
+            'BatchGetTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchGetTasks,
+                    request_deserializer=taskmanager_dot_v1_dot_task__service__pb2.BatchGetTasksRequest.FromString,
+                    response_serializer=taskmanager_dot_v1_dot_task__service__pb2.BatchGetTasksResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -458,6 +479,33 @@ class TaskService:
             '/taskmanager.v1.TaskService/ListTaskEvents',
             taskmanager_dot_v1_dot_task__service__pb2.ListTaskEventsRequest.SerializeToString,
             taskmanager_dot_v1_dot_task__service__pb2.ListTaskEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchGetTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskmanager.v1.TaskService/BatchGetTasks',
+            taskmanager_dot_v1_dot_task__service__pb2.BatchGetTasksRequest.SerializeToString,
+            taskmanager_dot_v1_dot_task__service__pb2.BatchGetTasksResponse.FromString,
             options,
             channel_credentials,
             insecure,

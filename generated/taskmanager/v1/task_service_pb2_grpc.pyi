@@ -68,6 +68,13 @@ class TaskServiceStub:
     """Creates up to 1000 tasks in one transaction: all or none (AIP-233)."""
     ListTaskEvents: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.ListTaskEventsRequest, _task_service_pb2.ListTaskEventsResponse]
     """Lists the audit trail of one task, oldest first (AIP-158 paging)."""
+    BatchGetTasks: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.BatchGetTasksRequest, _task_service_pb2.BatchGetTasksResponse]
+    """Returns up to 1000 tasks by id, in request order (AIP-231), soft-deleted
+    ones included as with GetTask. All or nothing: if any id names no task,
+    the call is NOT_FOUND (reason TASK_NOT_FOUND) and names the missing ids
+    in its message and in ErrorInfo metadata `task_ids` (the first 30) and
+    `missing_count`.
+    """
 
 @_typing.type_check_only
 class TaskServiceAsyncStub(TaskServiceStub):
@@ -108,6 +115,13 @@ class TaskServiceAsyncStub(TaskServiceStub):
     """Creates up to 1000 tasks in one transaction: all or none (AIP-233)."""
     ListTaskEvents: _aio.UnaryUnaryMultiCallable[_task_service_pb2.ListTaskEventsRequest, _task_service_pb2.ListTaskEventsResponse]  # type: ignore[assignment]
     """Lists the audit trail of one task, oldest first (AIP-158 paging)."""
+    BatchGetTasks: _aio.UnaryUnaryMultiCallable[_task_service_pb2.BatchGetTasksRequest, _task_service_pb2.BatchGetTasksResponse]  # type: ignore[assignment]
+    """Returns up to 1000 tasks by id, in request order (AIP-231), soft-deleted
+    ones included as with GetTask. All or nothing: if any id names no task,
+    the call is NOT_FOUND (reason TASK_NOT_FOUND) and names the missing ids
+    in its message and in ErrorInfo metadata `task_ids` (the first 30) and
+    `missing_count`.
+    """
 
 class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
     """Manages tasks. Errors follow AIP-193: every error carries a
@@ -199,5 +213,18 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_task_service_pb2.ListTaskEventsResponse, _abc.Awaitable[_task_service_pb2.ListTaskEventsResponse]]:
         """Lists the audit trail of one task, oldest first (AIP-158 paging)."""
+
+    @_abc_1.abstractmethod
+    def BatchGetTasks(
+        self,
+        request: _task_service_pb2.BatchGetTasksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_task_service_pb2.BatchGetTasksResponse, _abc.Awaitable[_task_service_pb2.BatchGetTasksResponse]]:
+        """Returns up to 1000 tasks by id, in request order (AIP-231), soft-deleted
+        ones included as with GetTask. All or nothing: if any id names no task,
+        the call is NOT_FOUND (reason TASK_NOT_FOUND) and names the missing ids
+        in its message and in ErrorInfo metadata `task_ids` (the first 30) and
+        `missing_count`.
+        """
 
 def add_TaskServiceServicer_to_server(servicer: TaskServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

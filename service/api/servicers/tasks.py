@@ -10,7 +10,6 @@ from typing import Any
 from service.api.idempotency import create_once
 from service.api.mapping.audit import event_to_message
 from service.api.mapping.tasks import (
-    add_task_rows,
     apply_task_update,
     basic_task_message,
     new_task_from_message,
@@ -22,12 +21,20 @@ from service.api.pagination import PageRequest, Pagination
 from service.api.requests import (
     TASK_MASK,
     check_batch_create_tasks,
+    check_batch_get_tasks,
     check_create_task,
     check_immutable_unchanged,
     check_task_filter,
     check_update_task,
 )
 from service.api.servicers.dependencies import Dependencies
+from service.api.servicers.task_reads import (
+    LIST_TASKS,
+    STREAM_TASKS,
+    add_task_messages,
+    read_tasks,
+    read_tasks_by_id,
+)
 from service.api.validation import Violations, check_enum, check_id, require_id
 from service.storage.audit_snapshots import task_snapshot
 from service.storage.database import UnitOfWork
@@ -38,47 +45,17 @@ from service.storage.errors import (
     at_index,
 )
 from service.storage.etags import check_etag
-from service.storage.filters import TaskFilter
 from service.storage.keyset import (
     Position,
     int_field,
-    optional_time_field,
-    text_field,
-    time_field,
 )
-from service.storage.models import AuditEvent, NewTask, Task, utc_now
+from service.storage.models import AuditEvent, NewTask, utc_now
 from service.storage.repositories.base import Page
 from service.storage.repositories.tasks import FULL_VIEW, parent_deleted
 from taskmanager.v1 import resources_pb2, task_service_pb2_grpc
 from taskmanager.v1 import task_service_pb2 as pb
 
 Context = Any  # grpc.aio.ServicerContext
-
-LIST_TASKS = Pagination(
-    method="ListTasks",
-    order_fields={
-        "create_time": time_field(Task.create_time),
-        "update_time": time_field(Task.update_time),
-        "priority": int_field(Task.priority),
-        "title": text_field(Task.title),
-        "due_time": optional_time_field(Task.due_time),
-    },
-    default_order="create_time desc",
-    default_size=50,
-    max_size=1000,
-)
-# Streams order only by immutable keys, so concurrent updates cannot move rows
-# across the stream's position (no skips, no repeats).
-STREAM_TASKS = Pagination(
-    method="StreamTasks",
-    order_fields={"create_time": time_field(Task.create_time), "id": int_field(Task.id)},
-    default_order="create_time",
-    default_size=500,
-    max_size=5000,
-    size_field="batch_size",
-    token_field="resume_token",
-)
-
 
 LIST_TASK_EVENTS = Pagination(
     method="ListTaskEvents",
@@ -89,19 +66,6 @@ LIST_TASK_EVENTS = Pagination(
 )
 
 
-async def _read_tasks(
-    uow: UnitOfWork,
-    task_filter: TaskFilter,
-    page: PageRequest,
-    after: Position | None,
-    view: int,
-) -> Page[Any]:
-    """A page of tasks: entities with relations for FULL, plain rows (faster) for BASIC."""
-    if view == resources_pb2.TASK_VIEW_FULL:
-        return await uow.tasks.list_page(task_filter, page.ordering, after, page.size, FULL_VIEW)
-    return await uow.tasks.list_rows(task_filter, page.ordering, after, page.size)
-
-
 async def _abandon(pending: asyncio.Future[Any] | None) -> None:
     """Cancel a read-ahead the stream no longer wants, and wait until it has stopped."""
     if pending is None:
@@ -109,13 +73,6 @@ async def _abandon(pending: asyncio.Future[Any] | None) -> None:
     pending.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):
         await pending
-
-
-def _add_messages(target: Any, page: Page[Any], view: resources_pb2.TaskView.ValueType) -> None:
-    if view == resources_pb2.TASK_VIEW_FULL:
-        target.extend(task_to_message(task, view) for task in page.items)
-    else:
-        add_task_rows(target, page.items)
 
 
 class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
@@ -177,13 +134,23 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
             task = await uow.tasks.get(request.id, FULL_VIEW)
         return task_to_message(task, request.view)
 
+    async def BatchGetTasks(
+        self, request: pb.BatchGetTasksRequest, context: Context
+    ) -> pb.BatchGetTasksResponse:
+        check_batch_get_tasks(request)
+        async with self.deps.unit_of_work(context, read_only=True) as uow:
+            found = await read_tasks_by_id(uow, request.ids, request.view)
+        response = pb.BatchGetTasksResponse()
+        add_task_messages(response.tasks, found, request.view)
+        return response
+
     async def ListTasks(
         self, request: pb.ListTasksRequest, context: Context
     ) -> pb.ListTasksResponse:
         page_request = LIST_TASKS.read(request, self.deps.page_tokens, check_task_filter(request))
         async with self.deps.unit_of_work(context, read_only=True) as uow:
             task_filter = task_filter_from(request, utc_now())
-            page = await _read_tasks(
+            page = await read_tasks(
                 uow, task_filter, page_request, page_request.after, request.view
             )
         response = pb.ListTasksResponse(
@@ -191,7 +158,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
                 self.deps.page_tokens, page_request, page.next_position
             ),
         )
-        _add_messages(response.tasks, page, request.view)
+        add_task_messages(response.tasks, page.items, request.view)
         return response
 
     async def StreamTasks(
@@ -211,7 +178,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
             # One short transaction per batch: no connection is held while the
             # client reads.
             async with self.deps.unit_of_work(context, read_only=True) as uow:
-                return await _read_tasks(uow, task_filter, stream, after, request.view)
+                return await read_tasks(uow, task_filter, stream, after, request.view)
 
         # Read one batch ahead: the next query runs while gRPC flow control holds
         # the previous batch, and memory stays bounded by two batches.
@@ -229,7 +196,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
                         self.deps.page_tokens, stream, page.last_position
                     ),
                 )
-                _add_messages(response.tasks, page, request.view)
+                add_task_messages(response.tasks, page.items, request.view)
                 yield response
                 if pending is not None and self.deps.shutting_down.is_set():
                     raise Unavailable(

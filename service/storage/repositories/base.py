@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -13,7 +13,7 @@ from sqlmodel import SQLModel, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from sqlmodel.sql.expression import SelectOfScalar
 
-from service.storage.errors import NotFound
+from service.storage.errors import MAX_REPORTED, NotFound
 from service.storage.keyset import Ordering, Position
 
 Entity = TypeVar("Entity", bound=SQLModel)
@@ -101,6 +101,20 @@ class Repository(Generic[Entity]):
         if entity is None:
             raise self.not_found(entity_id)
         return entity
+
+    def in_order(self, entity_ids: Sequence[int], found: Mapping[int, T]) -> list[T]:
+        """`found[id]` for each of `entity_ids` in that order; NOT_FOUND naming the
+        missing ids (the first MAX_REPORTED of them) if any."""
+        missing = list(dict.fromkeys(i for i in entity_ids if i not in found))
+        if missing:
+            listed = ", ".join(str(i) for i in missing[:MAX_REPORTED])
+            more = f" and {len(missing) - MAX_REPORTED} more" if len(missing) > MAX_REPORTED else ""
+            raise NotFound(
+                f"{self.resource.upper()}_NOT_FOUND",
+                f"{self.resource}s {listed}{more} do not exist",
+                **{f"{self.resource}_ids": listed.replace(" ", ""), "missing_count": len(missing)},
+            )
+        return [found[i] for i in entity_ids]
 
     async def exists(self, entity_id: int) -> bool:
         """Whether a row with this id exists."""

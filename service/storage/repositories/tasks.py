@@ -184,6 +184,21 @@ class TaskRepository(Repository[Task]):
         key_index = BASIC_KEYS.index(ordering.field.column.key)
         return await self.page_rows(statement, ordering, after, limit, key_index)
 
+    async def get_rows(self, task_ids: Sequence[int]) -> list[Sequence[Any]]:
+        """Rows of BASIC_COLUMNS for `task_ids` in that order (one statement); NOT_FOUND
+        naming every missing id."""
+        statement = select(*BASIC_COLUMNS).where(self.any_of(col(Task.id), list(set(task_ids))))
+        return self.in_order(task_ids, {row[0]: row for row in await self.fetch_rows(statement)})
+
+    async def get_many(
+        self, task_ids: Sequence[int], options: Sequence[ExecutableOption] = ()
+    ) -> list[Task]:
+        """Tasks `task_ids` in that order, loaded with `options`; NOT_FOUND naming every
+        missing id."""
+        statement = select(Task).where(self.any_of(col(Task.id), list(set(task_ids))))
+        found = (await self.session.exec(statement.options(*options))).all()
+        return self.in_order(task_ids, {task.id: task for task in found if task.id is not None})
+
     async def get_row(self, task_id: int) -> Sequence[Any]:
         """One task as a row of BASIC_COLUMNS (one statement); NOT_FOUND if missing."""
         row = await self.fetch_row(_ROW_BY_ID, {"task_id": task_id})
