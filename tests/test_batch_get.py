@@ -86,7 +86,8 @@ async def test_any_missing_id_is_not_found_naming_every_missing_one_and_returns_
     assert failure.info.reason == "TASK_NOT_FOUND"
     assert failure.info.metadata["task_ids"] == f"{missing[0]},{missing[1]}"
     assert failure.info.metadata["missing_count"] == "2"
-    assert str(missing[0]) in failure.message and str(missing[1]) in failure.message
+    assert str(missing[0]) in failure.message
+    assert str(missing[1]) in failure.message
     assert str(present.id) not in failure.info.metadata["task_ids"]
 
 
