@@ -56,7 +56,9 @@ LATER_INDEXES: dict[str, dict[str, set[str]]] = {
     "0005": {"tasks": {"ix_tasks_due_time_id", "ix_tasks_id_without_due_time"}},
 }
 # Revisions in order, base first.
-REVISIONS = ["0001", "0002", "0003", "0004", "0005"]
+REVISIONS = ["0001", "0002", "0003", "0004", "0005", "0006"]
+# 0006: name search (name_contains) on PostgreSQL only.
+NAME_SEARCH_INDEXES = {"projects": {"ix_projects_name_trgm"}, "workers": {"ix_workers_name_trgm"}}
 
 
 @dataclass
@@ -126,6 +128,9 @@ def assert_schema_at(schema: Schema, revision: str, is_postgres: bool) -> None:
         for table, indexes in tables.items():
             present = schema.indexes[table] & indexes
             assert present == (indexes if revision >= added_in else set()), (revision, table)
+    for table, indexes in NAME_SEARCH_INDEXES.items():
+        expected = indexes if is_postgres and revision >= "0006" else set()
+        assert schema.indexes[table] & indexes == expected, (revision, table)
     if with_0002:
         assert schema.task_indexes >= KEYSET_INDEXES
         assert "ix_tasks_project_id" not in schema.task_indexes

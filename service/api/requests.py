@@ -6,6 +6,7 @@ from service.api.field_mask import MaskRules, resolve_update_mask
 from service.api.mapping.tasks import ListOrStream
 from service.api.mapping.timestamps import is_valid_timestamp
 from service.api.validation import (
+    EMAIL_MAX,
     NAME_MAX,
     TITLE_MAX,
     Violations,
@@ -284,6 +285,27 @@ def check_task_filter(request: ListOrStream) -> Violations:
     for name in ("create_time", "update_time", "due_time"):
         check_time_range(violations, name, getattr(request, name))
     return violations
+
+
+def check_list_projects(request: project_service_pb2.ListProjectsRequest) -> Violations:
+    """Violations in the filter fields of ListProjects (raised with the paging ones)."""
+    violations = Violations()
+    check_search_text(violations, "name_contains", request.name_contains, NAME_MAX)
+    return violations
+
+
+def check_list_workers(request: worker_service_pb2.ListWorkersRequest) -> Violations:
+    """Violations in the filter fields of ListWorkers (raised with the paging ones)."""
+    violations = Violations()
+    check_search_text(violations, "email", request.email.strip(), EMAIL_MAX)
+    check_search_text(violations, "name_contains", request.name_contains, NAME_MAX)
+    return violations
+
+
+def check_search_text(violations: Violations, field: str, value: str, max_length: int) -> None:
+    """Text to look for: no NUL, and no longer than what it is compared with."""
+    if check_no_nul(violations, field, value) and len(value) > max_length:
+        violations.add(field, f"must be at most {max_length} characters", "TOO_LONG")
 
 
 def check_time_range(

@@ -1,6 +1,6 @@
-"""What a list or stream of tasks can be narrowed by: plain values, no SQL.
+"""What a list or stream of tasks, projects or workers can be narrowed by: plain values, no SQL.
 
-Mapping builds these from requests; the task repository turns them into WHERE clauses.
+Mapping builds these from requests; the repositories turn them into WHERE clauses.
 """
 
 from __future__ import annotations
@@ -17,6 +17,21 @@ class TimeBounds:
 
     start: datetime | None = None
     end: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ProjectFilter:
+    """What a list of projects can be narrowed by."""
+
+    name_contains: str = ""
+
+
+@dataclass(frozen=True)
+class WorkerFilter:
+    """What a list of workers can be narrowed by; both ANDed."""
+
+    email: str = ""  # as stored: trimmed, lower-cased
+    name_contains: str = ""
 
 
 @dataclass(frozen=True)

@@ -106,10 +106,22 @@ _WORKER_VERSION = _version_column()
 _TASK_VERSION = _version_column()
 
 
+def _name_search_index(table: str) -> Index:
+    """PostgreSQL only (env.py skips it elsewhere): `name ILIKE '%text%'` (name_contains)."""
+    return Index(
+        f"ix_{table}_name_trgm",
+        "name",
+        postgresql_using="gin",
+        postgresql_ops={"name": "gin_trgm_ops"},
+        info={"dialects": ("postgresql",)},
+    )
+
+
 class Project(SQLModel, table=True):
     """A named collection of tasks."""
 
     __tablename__ = "projects"
+    __table_args__ = (_name_search_index("projects"),)
 
     id: int | None = Field(default=None, sa_type=IdType, primary_key=True)
     name: str = Field(sa_column=Column(String(200), nullable=False, unique=True))
@@ -125,6 +137,7 @@ class Worker(SQLModel, table=True):
     """Someone tasks can be assigned to."""
 
     __tablename__ = "workers"
+    __table_args__ = (_name_search_index("workers"),)
 
     id: int | None = Field(default=None, sa_type=IdType, primary_key=True)
     name: str = Field(sa_column=Column(String(200), nullable=False))

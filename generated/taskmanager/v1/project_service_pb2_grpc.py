@@ -83,7 +83,8 @@ class ProjectServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListProjects(self, request, context):
-        """Lists projects by id, a page at a time (AIP-158).
+        """Lists projects by id, a page at a time (AIP-158), optionally only those
+        whose name contains a text.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

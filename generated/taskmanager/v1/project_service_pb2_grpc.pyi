@@ -40,7 +40,9 @@ class ProjectServiceStub:
     GetProject: _grpc.UnaryUnaryMultiCallable[_project_service_pb2.GetProjectRequest, _resources_pb2.Project]
     """Returns one project. NOT_FOUND if there is no project with that id."""
     ListProjects: _grpc.UnaryUnaryMultiCallable[_project_service_pb2.ListProjectsRequest, _project_service_pb2.ListProjectsResponse]
-    """Lists projects by id, a page at a time (AIP-158)."""
+    """Lists projects by id, a page at a time (AIP-158), optionally only those
+    whose name contains a text.
+    """
     UpdateProject: _grpc.UnaryUnaryMultiCallable[_project_service_pb2.UpdateProjectRequest, _resources_pb2.Project]
     """Changes the fields named in update_mask (AIP-134)."""
     DeleteProject: _grpc.UnaryUnaryMultiCallable[_project_service_pb2.DeleteProjectRequest, _empty_pb2.Empty]
@@ -56,7 +58,9 @@ class ProjectServiceAsyncStub(ProjectServiceStub):
     GetProject: _aio.UnaryUnaryMultiCallable[_project_service_pb2.GetProjectRequest, _resources_pb2.Project]  # type: ignore[assignment]
     """Returns one project. NOT_FOUND if there is no project with that id."""
     ListProjects: _aio.UnaryUnaryMultiCallable[_project_service_pb2.ListProjectsRequest, _project_service_pb2.ListProjectsResponse]  # type: ignore[assignment]
-    """Lists projects by id, a page at a time (AIP-158)."""
+    """Lists projects by id, a page at a time (AIP-158), optionally only those
+    whose name contains a text.
+    """
     UpdateProject: _aio.UnaryUnaryMultiCallable[_project_service_pb2.UpdateProjectRequest, _resources_pb2.Project]  # type: ignore[assignment]
     """Changes the fields named in update_mask (AIP-134)."""
     DeleteProject: _aio.UnaryUnaryMultiCallable[_project_service_pb2.DeleteProjectRequest, _empty_pb2.Empty]  # type: ignore[assignment]
@@ -87,7 +91,9 @@ class ProjectServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _project_service_pb2.ListProjectsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_project_service_pb2.ListProjectsResponse, _abc.Awaitable[_project_service_pb2.ListProjectsResponse]]:
-        """Lists projects by id, a page at a time (AIP-158)."""
+        """Lists projects by id, a page at a time (AIP-158), optionally only those
+        whose name contains a text.
+        """
 
     @_abc_1.abstractmethod
     def UpdateProject(

@@ -88,6 +88,8 @@ class ListWorkersRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     VIEW_FIELD_NUMBER: _builtins.int
+    EMAIL_FIELD_NUMBER: _builtins.int
+    NAME_CONTAINS_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Maximum number of workers to return: 0 means 50, above 1000 is taken as
     1000, negative is INVALID_ARGUMENT.
@@ -96,16 +98,27 @@ class ListWorkersRequest(_message.Message):
     """`next_page_token` of the previous page; empty for the first page."""
     view: _resources_pb2.WorkerView.ValueType
     """How much of each worker to return; defaults to WORKER_VIEW_BASIC."""
+    email: _builtins.str
+    """Only the worker with this e-mail address, compared as stored: trimmed
+    and case-insensitively (at most 254 characters). Empty means any.
+    """
+    name_contains: _builtins.str
+    """Only workers whose name contains this text, case-insensitively (at most
+    200 characters). Filters must not change between the pages of one
+    listing.
+    """
     def __init__(
         self,
         *,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         view: _resources_pb2.WorkerView.ValueType = ...,
+        email: _builtins.str = ...,
+        name_contains: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "view", b"view"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "name_contains", b"name_contains", "page_size", b"page_size", "page_token", b"page_token", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

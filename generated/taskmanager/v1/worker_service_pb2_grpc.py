@@ -83,7 +83,8 @@ class WorkerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListWorkers(self, request, context):
-        """Lists workers by id, a page at a time (AIP-158).
+        """Lists workers by id, a page at a time (AIP-158), optionally looked up by
+        e-mail address or by part of the name.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

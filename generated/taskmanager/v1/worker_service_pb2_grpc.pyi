@@ -40,7 +40,9 @@ class WorkerServiceStub:
     GetWorker: _grpc.UnaryUnaryMultiCallable[_worker_service_pb2.GetWorkerRequest, _resources_pb2.Worker]
     """Returns one worker. NOT_FOUND if there is no worker with that id."""
     ListWorkers: _grpc.UnaryUnaryMultiCallable[_worker_service_pb2.ListWorkersRequest, _worker_service_pb2.ListWorkersResponse]
-    """Lists workers by id, a page at a time (AIP-158)."""
+    """Lists workers by id, a page at a time (AIP-158), optionally looked up by
+    e-mail address or by part of the name.
+    """
     UpdateWorker: _grpc.UnaryUnaryMultiCallable[_worker_service_pb2.UpdateWorkerRequest, _resources_pb2.Worker]
     """Changes the fields named in update_mask (AIP-134)."""
     DeleteWorker: _grpc.UnaryUnaryMultiCallable[_worker_service_pb2.DeleteWorkerRequest, _empty_pb2.Empty]
@@ -58,7 +60,9 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
     GetWorker: _aio.UnaryUnaryMultiCallable[_worker_service_pb2.GetWorkerRequest, _resources_pb2.Worker]  # type: ignore[assignment]
     """Returns one worker. NOT_FOUND if there is no worker with that id."""
     ListWorkers: _aio.UnaryUnaryMultiCallable[_worker_service_pb2.ListWorkersRequest, _worker_service_pb2.ListWorkersResponse]  # type: ignore[assignment]
-    """Lists workers by id, a page at a time (AIP-158)."""
+    """Lists workers by id, a page at a time (AIP-158), optionally looked up by
+    e-mail address or by part of the name.
+    """
     UpdateWorker: _aio.UnaryUnaryMultiCallable[_worker_service_pb2.UpdateWorkerRequest, _resources_pb2.Worker]  # type: ignore[assignment]
     """Changes the fields named in update_mask (AIP-134)."""
     DeleteWorker: _aio.UnaryUnaryMultiCallable[_worker_service_pb2.DeleteWorkerRequest, _empty_pb2.Empty]  # type: ignore[assignment]
@@ -91,7 +95,9 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _worker_service_pb2.ListWorkersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_worker_service_pb2.ListWorkersResponse, _abc.Awaitable[_worker_service_pb2.ListWorkersResponse]]:
-        """Lists workers by id, a page at a time (AIP-158)."""
+        """Lists workers by id, a page at a time (AIP-158), optionally looked up by
+        e-mail address or by part of the name.
+        """
 
     @_abc_1.abstractmethod
     def UpdateWorker(

@@ -8,11 +8,17 @@ from google.protobuf import empty_pb2
 
 from service.api.mapping.projects import (
     apply_project_update,
+    project_filter_from,
     project_from_message,
     project_to_message,
 )
 from service.api.pagination import Pagination
-from service.api.requests import check_create_project, check_update_project, requested_project
+from service.api.requests import (
+    check_create_project,
+    check_list_projects,
+    check_update_project,
+    requested_project,
+)
 from service.api.servicers.dependencies import Dependencies
 from service.api.servicers.resource import ResourceKind, StandardMethods
 from service.storage.audit_snapshots import project_snapshot
@@ -31,6 +37,8 @@ PROJECTS: ResourceKind[Project, resources_pb2.Project] = ResourceKind(
     from_message=project_from_message,
     apply_update=apply_project_update,
     snapshot=project_snapshot,
+    check_list=check_list_projects,
+    list_filter=project_filter_from,
     listing=Pagination(
         method="ListProjects",
         order_fields={"id": int_field(Project.id)},

@@ -43,6 +43,9 @@ class ResourceKind(Generic[Entity, Resource]):
     apply_update: Callable[[Entity, Resource, Set[str], datetime], None]
     snapshot: Callable[[Entity], Snapshot]
     listing: Pagination
+    # List filters: the request's violations, and the storage filter it asks for.
+    check_list: Callable[[Any], Violations]
+    list_filter: Callable[[Any], Any]
     # Views: the enum, its FULL value, and the counts of live tasks by status FULL adds.
     view_enum: ViewEnum
     full_view: int
@@ -86,12 +89,13 @@ class StandardMethods(Generic[Entity, Resource]):
     async def list(self, request: Message, context: Context) -> tuple[list[Resource], str]:
         """One page of resources in the requested view, and the next page token."""
         listing, tokens = self.kind.listing, self.deps.page_tokens
-        violations = Violations()
+        violations = self.kind.check_list(request)
         full = self._is_full(request.view, violations)  # type: ignore[attr-defined]
         page_request = listing.read(request, tokens, violations)
+        list_filter = self.kind.list_filter(request)
         async with self.deps.unit_of_work(context, read_only=True) as uow:
             page: Page[Entity] = await self.kind.repository(uow).list_page(
-                page_request.ordering, page_request.after, page_request.size
+                list_filter, page_request.ordering, page_request.after, page_request.size
             )
             ids = [entity.id for entity in page.items]  # type: ignore[attr-defined]
             counts = await self.kind.task_counts(uow, ids) if full else None

@@ -6,9 +6,14 @@ from typing import Any
 
 from google.protobuf import empty_pb2
 
-from service.api.mapping.workers import apply_worker_update, worker_from_message, worker_to_message
+from service.api.mapping.workers import (
+    apply_worker_update,
+    worker_filter_from,
+    worker_from_message,
+    worker_to_message,
+)
 from service.api.pagination import Pagination
-from service.api.requests import check_create_worker, check_update_worker
+from service.api.requests import check_create_worker, check_list_workers, check_update_worker
 from service.api.servicers.dependencies import Dependencies
 from service.api.servicers.resource import ResourceKind, StandardMethods
 from service.storage.audit_snapshots import task_snapshot, worker_snapshot
@@ -44,6 +49,8 @@ WORKERS: ResourceKind[Worker, resources_pb2.Worker] = ResourceKind(
     from_message=worker_from_message,
     apply_update=apply_worker_update,
     snapshot=worker_snapshot,
+    check_list=check_list_workers,
+    list_filter=worker_filter_from,
     listing=Pagination(
         method="ListWorkers",
         order_fields={"id": int_field(Worker.id)},

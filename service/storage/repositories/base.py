@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
-from sqlalchemy import ARRAY, ColumnElement, Result, Select, any_, literal
+from sqlalchemy import ARRAY, ColumnElement, Result, Select, any_, func, literal
 from sqlalchemy.orm import InstrumentedAttribute, Session
 from sqlalchemy.sql.base import Executable, ExecutableOption
 from sqlmodel import SQLModel, select
@@ -65,6 +65,14 @@ class Repository(Generic[Entity]):
             # no longer depends on how many values there are, so it compiles once.
             return column == any_(literal(values, ARRAY(column.type)))  # type: ignore[no-any-return]
         return column.in_(values)  # type: ignore[no-any-return]
+
+    def contains_text(self, column: Any, text: str) -> ColumnElement[bool]:
+        """`column` contains `text`, case-insensitively (Unicode-aware on both backends)."""
+        if self.dialect == "postgresql":
+            # ILIKE, served by a pg_trgm GIN index where the column has one.
+            return column.icontains(text, autoescape=True)  # type: ignore[no-any-return]
+        # casefold() is registered on each SQLite connection (database.py).
+        return func.casefold(column).contains(text.casefold(), autoescape=True)
 
     def not_found(self, entity_id: int) -> NotFound:
         """The NOT_FOUND error for this resource type."""

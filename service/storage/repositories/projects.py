@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from sqlmodel import col, select
 
 from service.storage.errors import FailedPrecondition
+from service.storage.filters import ProjectFilter
 from service.storage.keyset import Ordering, Position
 from service.storage.models import Project, Task
 from service.storage.repositories.base import Page, Repository
@@ -21,10 +22,15 @@ class ProjectRepository(Repository[Project]):
     resource = "project"
 
     async def list_page(
-        self, ordering: Ordering, after: Position | None, limit: int
+        self, project_filter: ProjectFilter, ordering: Ordering, after: Position | None, limit: int
     ) -> Page[Project]:
-        """One keyset page of projects."""
-        return await self.page(select(Project), ordering, after, limit)
+        """One keyset page of the projects matching `project_filter`."""
+        statement = select(Project)
+        if project_filter.name_contains:
+            statement = statement.where(
+                self.contains_text(col(Project.name), project_filter.name_contains)
+            )
+        return await self.page(statement, ordering, after, limit)
 
     async def task_counts(self, project_ids: Sequence[int]) -> dict[int, TaskCounts]:
         """Each project's live tasks by status (one statement)."""

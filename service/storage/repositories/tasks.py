@@ -229,7 +229,7 @@ class TaskRepository(Repository[Task]):
         if f.tags:
             conditions.append(self._has_all_tags(f.tags))
         if f.title_contains:
-            conditions.append(self._title_contains(f.title_contains))
+            conditions.append(self.contains_text(col(Task.title), f.title_contains))
         conditions.extend(_within(col(Task.create_time), f.create_time))
         conditions.extend(_within(col(Task.update_time), f.update_time))
         conditions.extend(_within(col(Task.due_time), f.due_time))
@@ -238,13 +238,6 @@ class TaskRepository(Repository[Task]):
             finished = [TaskStatus.DONE.value, TaskStatus.CANCELLED.value]
             conditions.append(col(Task.status).not_in(finished))
         return conditions
-
-    def _title_contains(self, text: str) -> ColumnElement[bool]:
-        if self.dialect == "postgresql":
-            # ILIKE, served by the pg_trgm GIN index.
-            return col(Task.title).icontains(text, autoescape=True)
-        # casefold() is registered on each SQLite connection (database.py).
-        return func.casefold(Task.title).contains(text.casefold(), autoescape=True)
 
     def _has_all_tags(self, tags: tuple[str, ...]) -> ColumnElement[bool]:
         column = Task.__table__.c.tags  # type: ignore[attr-defined]
