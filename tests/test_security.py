@@ -299,6 +299,11 @@ READS: dict[str, Call] = {
     "ListWorkers": lambda s, _t, md: s.workers.ListWorkers(
         worker_service_pb2.ListWorkersRequest(), metadata=md, timeout=TIMEOUT
     ),
+    "ListProjectEvents": lambda s, t, md: s.projects.ListProjectEvents(
+        project_service_pb2.ListProjectEventsRequest(project_id=t.project_id),
+        metadata=md,
+        timeout=TIMEOUT,
+    ),
 }
 
 WRITES: dict[str, Call] = {

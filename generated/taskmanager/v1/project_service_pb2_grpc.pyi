@@ -47,6 +47,12 @@ class ProjectServiceStub:
     """Changes the fields named in update_mask (AIP-134)."""
     DeleteProject: _grpc.UnaryUnaryMultiCallable[_project_service_pb2.DeleteProjectRequest, _empty_pb2.Empty]
     """Deletes a project. FAILED_PRECONDITION while it still has tasks."""
+    ListProjectEvents: _grpc.UnaryUnaryMultiCallable[_project_service_pb2.ListProjectEventsRequest, _project_service_pb2.ListProjectEventsResponse]
+    """Lists the audit trail of one project, oldest first (AIP-158 paging), as
+    ListTaskEvents does for a task. A deleted project's history stays readable
+    (its last event is the delete); NOT_FOUND only for an id with neither a
+    project nor any recorded history.
+    """
 
 @_typing.type_check_only
 class ProjectServiceAsyncStub(ProjectServiceStub):
@@ -65,6 +71,12 @@ class ProjectServiceAsyncStub(ProjectServiceStub):
     """Changes the fields named in update_mask (AIP-134)."""
     DeleteProject: _aio.UnaryUnaryMultiCallable[_project_service_pb2.DeleteProjectRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """Deletes a project. FAILED_PRECONDITION while it still has tasks."""
+    ListProjectEvents: _aio.UnaryUnaryMultiCallable[_project_service_pb2.ListProjectEventsRequest, _project_service_pb2.ListProjectEventsResponse]  # type: ignore[assignment]
+    """Lists the audit trail of one project, oldest first (AIP-158 paging), as
+    ListTaskEvents does for a task. A deleted project's history stays readable
+    (its last event is the delete); NOT_FOUND only for an id with neither a
+    project nor any recorded history.
+    """
 
 class ProjectServiceServicer(metaclass=_abc_1.ABCMeta):
     """Manages projects, the owners of tasks."""
@@ -110,5 +122,17 @@ class ProjectServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
         """Deletes a project. FAILED_PRECONDITION while it still has tasks."""
+
+    @_abc_1.abstractmethod
+    def ListProjectEvents(
+        self,
+        request: _project_service_pb2.ListProjectEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_project_service_pb2.ListProjectEventsResponse, _abc.Awaitable[_project_service_pb2.ListProjectEventsResponse]]:
+        """Lists the audit trail of one project, oldest first (AIP-158 paging), as
+        ListTaskEvents does for a task. A deleted project's history stays readable
+        (its last event is the delete); NOT_FOUND only for an id with neither a
+        project nor any recorded history.
+        """
 
 def add_ProjectServiceServicer_to_server(servicer: ProjectServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

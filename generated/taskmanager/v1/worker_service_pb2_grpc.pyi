@@ -49,6 +49,12 @@ class WorkerServiceStub:
     """Deletes a worker; tasks assigned to it become unassigned and tasks it
     created lose their `creator_id` (each such task's etag changes).
     """
+    ListWorkerEvents: _grpc.UnaryUnaryMultiCallable[_worker_service_pb2.ListWorkerEventsRequest, _worker_service_pb2.ListWorkerEventsResponse]
+    """Lists the audit trail of one worker, oldest first (AIP-158 paging), as
+    ListTaskEvents does for a task. A deleted worker's history stays readable
+    (its last event is the delete); NOT_FOUND only for an id with neither a
+    worker nor any recorded history.
+    """
 
 @_typing.type_check_only
 class WorkerServiceAsyncStub(WorkerServiceStub):
@@ -68,6 +74,12 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
     DeleteWorker: _aio.UnaryUnaryMultiCallable[_worker_service_pb2.DeleteWorkerRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """Deletes a worker; tasks assigned to it become unassigned and tasks it
     created lose their `creator_id` (each such task's etag changes).
+    """
+    ListWorkerEvents: _aio.UnaryUnaryMultiCallable[_worker_service_pb2.ListWorkerEventsRequest, _worker_service_pb2.ListWorkerEventsResponse]  # type: ignore[assignment]
+    """Lists the audit trail of one worker, oldest first (AIP-158 paging), as
+    ListTaskEvents does for a task. A deleted worker's history stays readable
+    (its last event is the delete); NOT_FOUND only for an id with neither a
+    worker nor any recorded history.
     """
 
 class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -115,6 +127,18 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
         """Deletes a worker; tasks assigned to it become unassigned and tasks it
         created lose their `creator_id` (each such task's etag changes).
+        """
+
+    @_abc_1.abstractmethod
+    def ListWorkerEvents(
+        self,
+        request: _worker_service_pb2.ListWorkerEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_worker_service_pb2.ListWorkerEventsResponse, _abc.Awaitable[_worker_service_pb2.ListWorkerEventsResponse]]:
+        """Lists the audit trail of one worker, oldest first (AIP-158 paging), as
+        ListTaskEvents does for a task. A deleted worker's history stays readable
+        (its last event is the delete); NOT_FOUND only for an id with neither a
+        worker nor any recorded history.
         """
 
 def add_WorkerServiceServicer_to_server(servicer: WorkerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -20,6 +20,7 @@ from service.api.requests import (
     requested_project,
 )
 from service.api.servicers.dependencies import Dependencies
+from service.api.servicers.history import PROJECT_HISTORY
 from service.api.servicers.resource import ResourceKind, StandardMethods
 from service.storage.audit_snapshots import project_snapshot
 from service.storage.keyset import int_field
@@ -81,6 +82,12 @@ class ProjectServicer(project_service_pb2_grpc.ProjectServiceServicer):
     ) -> resources_pb2.Project:
         fields = check_update_project(request)
         return await self.methods.update(request.project, fields, context)
+
+    async def ListProjectEvents(
+        self, request: pb.ListProjectEventsRequest, context: Context
+    ) -> pb.ListProjectEventsResponse:
+        events, token = await PROJECT_HISTORY.page(self.methods.deps, request, context)
+        return pb.ListProjectEventsResponse(events=events, next_page_token=token)
 
     async def DeleteProject(
         self, request: pb.DeleteProjectRequest, context: Context

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from service.api.idempotency import create_once
-from service.api.mapping.audit import event_to_message
 from service.api.mapping.tasks import (
     apply_task_update,
     basic_task_message,
@@ -17,7 +16,7 @@ from service.api.mapping.tasks import (
     task_row_to_message,
     task_to_message,
 )
-from service.api.pagination import PageRequest, Pagination
+from service.api.pagination import PageRequest
 from service.api.requests import (
     TASK_MASK,
     check_batch_create_tasks,
@@ -28,6 +27,7 @@ from service.api.requests import (
     check_update_task,
 )
 from service.api.servicers.dependencies import Dependencies
+from service.api.servicers.history import TASK_HISTORY
 from service.api.servicers.task_reads import (
     LIST_TASKS,
     STREAM_TASKS,
@@ -47,23 +47,14 @@ from service.storage.errors import (
 from service.storage.etags import check_etag
 from service.storage.keyset import (
     Position,
-    int_field,
 )
-from service.storage.models import AuditEvent, NewTask, utc_now
+from service.storage.models import NewTask, utc_now
 from service.storage.repositories.base import Page
 from service.storage.repositories.tasks import FULL_VIEW, parent_deleted
 from taskmanager.v1 import resources_pb2, task_service_pb2_grpc
 from taskmanager.v1 import task_service_pb2 as pb
 
 Context = Any  # grpc.aio.ServicerContext
-
-LIST_TASK_EVENTS = Pagination(
-    method="ListTaskEvents",
-    order_fields={"id": int_field(AuditEvent.id)},
-    default_order="id",
-    default_size=50,
-    max_size=1000,
-)
 
 
 async def _abandon(pending: asyncio.Future[Any] | None) -> None:
@@ -285,22 +276,5 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
     async def ListTaskEvents(
         self, request: pb.ListTaskEventsRequest, context: Context
     ) -> pb.ListTaskEventsResponse:
-        violations = Violations()
-        check_id(violations, "task_id", request.task_id)
-        page_request = LIST_TASK_EVENTS.read(request, self.deps.page_tokens, violations)
-        async with self.deps.unit_of_work(context, read_only=True) as uow:
-            if not await uow.tasks.exists(request.task_id):
-                raise uow.tasks.not_found(request.task_id)
-            page = await uow.audit.history(
-                "task",
-                request.task_id,
-                page_request.ordering,
-                page_request.after,
-                page_request.size,
-            )
-        return pb.ListTaskEventsResponse(
-            events=[event_to_message(event) for event in page.items],
-            next_page_token=LIST_TASK_EVENTS.token_after(
-                self.deps.page_tokens, page_request, page.next_position
-            ),
-        )
+        events, token = await TASK_HISTORY.page(self.deps, request, context)
+        return pb.ListTaskEventsResponse(events=events, next_page_token=token)

@@ -15,6 +15,7 @@ from service.api.mapping.workers import (
 from service.api.pagination import Pagination
 from service.api.requests import check_create_worker, check_list_workers, check_update_worker
 from service.api.servicers.dependencies import Dependencies
+from service.api.servicers.history import WORKER_HISTORY
 from service.api.servicers.resource import ResourceKind, StandardMethods
 from service.storage.audit_snapshots import task_snapshot, worker_snapshot
 from service.storage.database import UnitOfWork
@@ -93,6 +94,12 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
     ) -> resources_pb2.Worker:
         fields = check_update_worker(request)
         return await self.methods.update(request.worker, fields, context)
+
+    async def ListWorkerEvents(
+        self, request: pb.ListWorkerEventsRequest, context: Context
+    ) -> pb.ListWorkerEventsResponse:
+        events, token = await WORKER_HISTORY.page(self.methods.deps, request, context)
+        return pb.ListWorkerEventsResponse(events=events, next_page_token=token)
 
     async def DeleteWorker(
         self, request: pb.DeleteWorkerRequest, context: Context
