@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import grpc
@@ -9,9 +10,11 @@ import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
 
 from service.runtime.server import TaskServer
+from service.settings import Settings
 from service.storage.models import Project, Worker, utc_now
-from taskmanager.v1 import project_service_pb2, resources_pb2, worker_service_pb2
-from tests.conftest import unique
+from service.storage.purge import purge
+from taskmanager.v1 import project_service_pb2, resources_pb2, task_service_pb2, worker_service_pb2
+from tests.conftest import create_task, unique
 from tests.rpc_errors import expect_failure
 from tests.safe_writes import (
     DEADLINE,
@@ -217,3 +220,20 @@ async def _insert(server: TaskServer, entity: Any) -> None:
     async with server.deps.session_factory() as session:
         session.add(entity)
         await session.commit()
+
+
+async def test_a_purged_tasks_history_is_still_readable(
+    tasks: Any, project: resources_pb2.Project, database_url: str
+) -> None:
+    created = await create_task(tasks, project.id)
+    await tasks.DeleteTask(task_service_pb2.DeleteTaskRequest(id=created.id))
+    await purge(Settings(database_url=database_url), task_retention=timedelta(0))
+    await expect_failure(
+        tasks.GetTask(task_service_pb2.GetTaskRequest(id=created.id)), grpc.StatusCode.NOT_FOUND
+    )
+
+    response = await tasks.ListTaskEvents(
+        task_service_pb2.ListTaskEventsRequest(task_id=created.id)
+    )
+
+    assert [event.action for event in response.events] == ["create", "delete"]
