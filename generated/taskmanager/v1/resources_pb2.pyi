@@ -529,7 +529,12 @@ Global___AuditEvent: _TypeAlias = AuditEvent  # noqa: Y015
 
 @_typing.final
 class FieldChange(_message.Message):
-    """One field's change inside an AuditEvent."""
+    """One field's change inside an AuditEvent. Values are in the terms of the
+    API, as a client sends and receives them: enum fields by their names
+    (`TASK_STATUS_DONE`, `TASK_PRIORITY_HIGH`), timestamps as RFC 3339 strings
+    in UTC (`2026-01-02T03:04:05.000006Z`), ids as numbers, tags as lists;
+    events recorded before this was so read the same.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
