@@ -111,18 +111,18 @@ class Ordering:
     ) -> Select[Any]:
         key = self.field.column
         conditions = () if statement.whereclause is None else (statement.whereclause,)
-        undated = select(id_column, key).where(*conditions, key.is_(None))
+        keyless = select(id_column, key).where(*conditions, key.is_(None))
         if after is not None and after.key is None:  # already among the rows without a key
-            undated = undated.where(
+            keyless = keyless.where(
                 id_column < after.id if self.descending else id_column > after.id
             )
         order = id_column.desc() if self.descending else id_column.asc()
-        branches = [undated.order_by(order).limit(limit).subquery().select()]
+        branches = [keyless.order_by(order).limit(limit).subquery().select()]
         if after is None or after.key is not None:
-            dated = select(id_column, key).where(*conditions, key.is_not(None))
+            keyed = select(id_column, key).where(*conditions, key.is_not(None))
             if after is not None:
-                dated = dated.where(self.after(after, id_column))
-            branches.insert(0, self.apply(dated, id_column).limit(limit).subquery().select())
+                keyed = keyed.where(self.after(after, id_column))
+            branches.insert(0, self.apply(keyed, id_column).limit(limit).subquery().select())
         page = union_all(*branches).subquery("keyset_page")
         page_key, page_id = page.c[key.key], page.c[id_column.key]
         if self.descending:
