@@ -2,35 +2,28 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
-    ColumnElement,
     Select,
-    String,
     and_,
     bindparam,
-    cast,
     delete,
     exists,
     func,
     insert,
-    literal,
-    literal_column,
     null,
     or_,
 )
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import joinedload, selectinload
 from sqlalchemy.sql.base import ExecutableOption
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from service.storage.errors import Aborted, FailedPrecondition
-from service.storage.filters import TaskFilter, TimeBounds
+from service.storage.filters import TaskFilter
 from service.storage.keyset import Ordering, Position
 from service.storage.models import (
     AnyTask,
@@ -38,11 +31,11 @@ from service.storage.models import (
     NewTask,
     Project,
     Task,
-    TaskStatus,
     Worker,
 )
 from service.storage.repositories.audit import EVENT_KEYS, INSERT_EVENTS, AuditValues
 from service.storage.repositories.base import Page, Repository
+from service.storage.repositories.task_filters import task_conditions
 
 # TASK_VIEW_FULL: the project, assignee and creator (many-to-one) joined into the
 # task's own SELECT; the direct subtasks (one-to-many) by one more SELECT per page.
@@ -173,14 +166,14 @@ class TaskRepository(Repository[Task]):
         options: Sequence[ExecutableOption] = (),
     ) -> Page[Task]:
         """One keyset page of the tasks matching `task_filter`."""
-        statement = select(Task).where(*self._conditions(task_filter)).options(*options)
+        statement = select(Task).where(*task_conditions(self, task_filter)).options(*options)
         return await self.page(statement, ordering, after, limit)
 
     async def list_rows(
         self, task_filter: TaskFilter, ordering: Ordering, after: Position | None, limit: int
     ) -> Page[Sequence[Any]]:
         """One keyset page as plain rows of BASIC_COLUMNS (the fast path of the BASIC view)."""
-        statement = select(*BASIC_COLUMNS).where(*self._conditions(task_filter))
+        statement = select(*BASIC_COLUMNS).where(*task_conditions(self, task_filter))
         key_index = BASIC_KEYS.index(ordering.field.column.key)
         return await self.page_rows(statement, ordering, after, limit, key_index)
 
@@ -205,55 +198,6 @@ class TaskRepository(Repository[Task]):
         if row is None:
             raise self.not_found(task_id)
         return row
-
-    def _conditions(self, f: TaskFilter) -> list[ColumnElement[bool]]:
-        conditions: list[ColumnElement[bool]] = []
-        if not f.show_deleted:
-            conditions.append(col(Task.delete_time).is_(None))
-        if f.project_id is not None:
-            conditions.append(col(Task.project_id) == f.project_id)
-        if f.statuses:
-            conditions.append(self.any_of(col(Task.status), [s.value for s in f.statuses]))
-        if f.priorities:
-            conditions.append(self.any_of(col(Task.priority), [int(p) for p in f.priorities]))
-        if f.assignee_id is not None:
-            conditions.append(col(Task.assignee_id) == f.assignee_id)
-        if f.unassigned:
-            conditions.append(col(Task.assignee_id).is_(None))
-        if f.parent_task_id is not None:
-            conditions.append(col(Task.parent_task_id) == f.parent_task_id)
-        if f.top_level_only:
-            conditions.append(col(Task.parent_task_id).is_(None))
-        if f.creator_id is not None:
-            conditions.append(col(Task.creator_id) == f.creator_id)
-        if f.tags:
-            conditions.append(self._has_all_tags(f.tags))
-        if f.title_contains:
-            conditions.append(self.contains_text(col(Task.title), f.title_contains))
-        conditions.extend(_within(col(Task.create_time), f.create_time))
-        conditions.extend(_within(col(Task.update_time), f.update_time))
-        conditions.extend(_within(col(Task.due_time), f.due_time))
-        if f.overdue_at is not None:
-            conditions.append(col(Task.due_time) < f.overdue_at)
-            finished = [TaskStatus.DONE.value, TaskStatus.CANCELLED.value]
-            conditions.append(col(Task.status).not_in(finished))
-        return conditions
-
-    def _has_all_tags(self, tags: tuple[str, ...]) -> ColumnElement[bool]:
-        column = Task.__table__.c.tags  # type: ignore[attr-defined]
-        if self.dialect == "postgresql":
-            # JSONB containment, served by the GIN (jsonb_path_ops) index.
-            # The value travels as JSON text (driver-ready for the raw row path).
-            tags_json = literal(json.dumps(list(tags)), String())
-            return column.op("@>")(cast(tags_json, JSONB))  # type: ignore[no-any-return]
-        # SQLite has no containment operator: one json_each probe per tag.
-        each = func.json_each(column).table_valued("value")
-        return and_(
-            *(
-                exists(select(literal_column("1")).select_from(each).where(each.c.value == tag))
-                for tag in tags
-            )
-        )
 
     async def check_references(self, task: AnyTask) -> None:
         """FAILED_PRECONDITION unless project, assignee and parent exist and fit."""
@@ -432,15 +376,6 @@ class TaskRepository(Repository[Task]):
         if self.dialect == "postgresql":
             lock_key = func.hashtextextended(f"taskservice.tree.{project_id}", 0)
             await self.session.exec(select(func.pg_advisory_xact_lock(lock_key)))
-
-
-def _within(column: Any, bounds: TimeBounds) -> list[ColumnElement[bool]]:
-    conditions = []
-    if bounds.start is not None:
-        conditions.append(column >= bounds.start)
-    if bounds.end is not None:
-        conditions.append(column < bounds.end)
-    return conditions
 
 
 def parent_deleted(parent: Task, **metadata: object) -> FailedPrecondition:
