@@ -41,8 +41,8 @@ class CreateTaskRequest(_message.Message):
     """
     @_builtins.property
     def task(self) -> _resources_pb2.Task:
-        """The task to create; `id`, `create_time`, `update_time`, `assignee` and
-        `subtasks` are output only and ignored.
+        """The task to create; `id`, `create_time`, `update_time`, `assignee`,
+        `subtasks`, `project` and `creator` are output only and ignored.
         """
 
     def __init__(
@@ -556,7 +556,7 @@ class ListTaskEventsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     task_id: _builtins.int
-    """The task whose history to list (soft-deleted tasks included)."""
+    """The task whose history to list (soft-deleted and purged tasks included)."""
     page_size: _builtins.int
     """Maximum events per page: 0 means 50, above 1000 is taken as 1000."""
     page_token: _builtins.str

@@ -162,7 +162,9 @@ class TaskServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListTaskEvents(self, request, context):
-        """Lists the audit trail of one task, oldest first (AIP-158 paging).
+        """Lists the audit trail of one task, oldest first (AIP-158 paging). The
+        history outlives the task (it stays readable after the task is purged);
+        NOT_FOUND only for an id with neither a task nor any recorded history.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -67,7 +67,10 @@ class TaskServiceStub:
     BatchCreateTasks: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.BatchCreateTasksRequest, _task_service_pb2.BatchCreateTasksResponse]
     """Creates up to 1000 tasks in one transaction: all or none (AIP-233)."""
     ListTaskEvents: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.ListTaskEventsRequest, _task_service_pb2.ListTaskEventsResponse]
-    """Lists the audit trail of one task, oldest first (AIP-158 paging)."""
+    """Lists the audit trail of one task, oldest first (AIP-158 paging). The
+    history outlives the task (it stays readable after the task is purged);
+    NOT_FOUND only for an id with neither a task nor any recorded history.
+    """
     BatchGetTasks: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.BatchGetTasksRequest, _task_service_pb2.BatchGetTasksResponse]
     """Returns up to 1000 tasks by id, in request order (AIP-231), soft-deleted
     ones included as with GetTask. All or nothing: if any id names no task,
@@ -114,7 +117,10 @@ class TaskServiceAsyncStub(TaskServiceStub):
     BatchCreateTasks: _aio.UnaryUnaryMultiCallable[_task_service_pb2.BatchCreateTasksRequest, _task_service_pb2.BatchCreateTasksResponse]  # type: ignore[assignment]
     """Creates up to 1000 tasks in one transaction: all or none (AIP-233)."""
     ListTaskEvents: _aio.UnaryUnaryMultiCallable[_task_service_pb2.ListTaskEventsRequest, _task_service_pb2.ListTaskEventsResponse]  # type: ignore[assignment]
-    """Lists the audit trail of one task, oldest first (AIP-158 paging)."""
+    """Lists the audit trail of one task, oldest first (AIP-158 paging). The
+    history outlives the task (it stays readable after the task is purged);
+    NOT_FOUND only for an id with neither a task nor any recorded history.
+    """
     BatchGetTasks: _aio.UnaryUnaryMultiCallable[_task_service_pb2.BatchGetTasksRequest, _task_service_pb2.BatchGetTasksResponse]  # type: ignore[assignment]
     """Returns up to 1000 tasks by id, in request order (AIP-231), soft-deleted
     ones included as with GetTask. All or nothing: if any id names no task,
@@ -212,7 +218,10 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _task_service_pb2.ListTaskEventsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_task_service_pb2.ListTaskEventsResponse, _abc.Awaitable[_task_service_pb2.ListTaskEventsResponse]]:
-        """Lists the audit trail of one task, oldest first (AIP-158 paging)."""
+        """Lists the audit trail of one task, oldest first (AIP-158 paging). The
+        history outlives the task (it stays readable after the task is purged);
+        NOT_FOUND only for an id with neither a task nor any recorded history.
+        """
 
     @_abc_1.abstractmethod
     def BatchGetTasks(
