@@ -237,3 +237,18 @@ async def test_a_purged_tasks_history_is_still_readable(
     )
 
     assert [event.action for event in response.events] == ["create", "delete"]
+
+
+async def test_a_deleted_resources_id_and_history_are_never_handed_to_a_new_one(
+    workers: Workers,
+) -> None:
+    """SQLite too: the newest worker deleted, the next one gets another id (AUTOINCREMENT)."""
+    newest = await new_worker(workers)
+    await workers.DeleteWorker(worker_service_pb2.DeleteWorkerRequest(id=newest.id))
+    successor = await new_worker(workers)
+
+    assert successor.id > newest.id
+    [[create]] = await worker_events(workers, successor.id)
+    assert (create.action, create.entity_id) == ("create", successor.id)
+    [old] = await worker_events(workers, newest.id)
+    assert [event.action for event in old] == ["create", "delete"]

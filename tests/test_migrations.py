@@ -56,7 +56,7 @@ LATER_INDEXES: dict[str, dict[str, set[str]]] = {
     "0005": {"tasks": {"ix_tasks_due_time_id", "ix_tasks_id_without_due_time"}},
 }
 # Revisions in order, base first.
-REVISIONS = ["0001", "0002", "0003", "0004", "0005", "0006"]
+REVISIONS = ["0001", "0002", "0003", "0004", "0005", "0006", "0007"]
 # 0006: name search (name_contains) on PostgreSQL only.
 NAME_SEARCH_INDEXES = {"projects": {"ix_projects_name_trgm"}, "workers": {"ix_workers_name_trgm"}}
 
@@ -408,3 +408,51 @@ async def test_index_of_tasks_without_due_time_is_partial(empty_database: str) -
         await engine.dispose()
     assert "WHERE" in definition.upper(), definition
     assert "due_time IS NULL" in definition.replace("(", "").replace(")", ""), definition
+
+
+async def _create_statements(url: str) -> dict[str, str]:
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as connection:
+            rows = await connection.execute(
+                text("SELECT name, sql FROM sqlite_master WHERE type = 'table'")
+            )
+            return {name: sql for name, sql in rows}
+    finally:
+        await engine.dispose()
+
+
+async def test_sqlite_never_reuses_ids_from_0007_on(tmp_path: Path) -> None:
+    """AUTOINCREMENT on the resource tables; the rebuild keeps rows, references and the
+    partial index."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'ids.db'}"
+    await upgrade(url, "0006")
+    await seed_a_task_tree(url)
+    before = await task_rows(url)
+    assert not any("AUTOINCREMENT" in sql for sql in (await _create_statements(url)).values())
+
+    await upgrade(url, "0007")
+    statements = await _create_statements(url)
+    for table in ("projects", "workers", "tasks"):
+        assert "AUTOINCREMENT" in statements[table], table
+    assert await task_rows(url) == before
+    await check(url)
+
+    # The newest project, deleted: the next one gets a new id.
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as connection:
+            insert = (
+                "INSERT INTO projects (name, description, create_time, update_time) "
+                "VALUES (:name, '', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP) RETURNING id"
+            )
+            newest = (await connection.execute(text(insert), {"name": "gone"})).scalar_one()
+            await connection.execute(text("DELETE FROM projects WHERE id = :id"), {"id": newest})
+            after = (await connection.execute(text(insert), {"name": "next"})).scalar_one()
+    finally:
+        await engine.dispose()
+    assert after > newest
+
+    await downgrade(url, "0006")
+    assert not any("AUTOINCREMENT" in sql for sql in (await _create_statements(url)).values())
+    assert await task_rows(url) == before

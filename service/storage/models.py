@@ -35,6 +35,10 @@ SQLModel.metadata.naming_convention = {
 
 # BIGINT ids on PostgreSQL; SQLite only auto-increments an INTEGER PRIMARY KEY.
 IdType = BigInteger().with_variant(Integer(), "sqlite")
+# SQLite reuses the largest id after its row is deleted unless the table says
+# AUTOINCREMENT; ids of deleted projects, workers and purged tasks must stay theirs,
+# or a new row would inherit their audit history. (PostgreSQL sequences never reuse.)
+NEVER_REUSE_IDS = {"sqlite_autoincrement": True}
 # One column type for tags: JSONB (GIN-indexable, @>) on PostgreSQL, JSON elsewhere.
 TagsType = JSON().with_variant(JSONB(), "postgresql")
 
@@ -121,7 +125,7 @@ class Project(SQLModel, table=True):
     """A named collection of tasks."""
 
     __tablename__ = "projects"
-    __table_args__ = (_name_search_index("projects"),)
+    __table_args__ = (_name_search_index("projects"), NEVER_REUSE_IDS)
 
     id: int | None = Field(default=None, sa_type=IdType, primary_key=True)
     name: str = Field(sa_column=Column(String(200), nullable=False, unique=True))
@@ -137,7 +141,7 @@ class Worker(SQLModel, table=True):
     """Someone tasks can be assigned to."""
 
     __tablename__ = "workers"
-    __table_args__ = (_name_search_index("workers"),)
+    __table_args__ = (_name_search_index("workers"), NEVER_REUSE_IDS)
 
     id: int | None = Field(default=None, sa_type=IdType, primary_key=True)
     name: str = Field(sa_column=Column(String(200), nullable=False))
@@ -184,6 +188,7 @@ class Task(SQLModel, table=True):
             postgresql_ops={"title": "gin_trgm_ops"},
             info={"dialects": ("postgresql",)},
         ),
+        NEVER_REUSE_IDS,
     )
 
     id: int | None = Field(default=None, sa_type=IdType, primary_key=True)
