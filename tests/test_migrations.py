@@ -417,7 +417,7 @@ async def _create_statements(url: str) -> dict[str, str]:
             rows = await connection.execute(
                 text("SELECT name, sql FROM sqlite_master WHERE type = 'table'")
             )
-            return {name: sql for name, sql in rows}
+            return {str(name): str(sql) for name, sql in rows}
     finally:
         await engine.dispose()
 
