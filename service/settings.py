@@ -47,6 +47,17 @@ class Settings(BaseSettings):
         description="Check a pooled connection before use if it sat idle this many seconds "
         "(0: never); connections lost while busy are answered UNAVAILABLE and replaced.",
     )
+    pool_recycle: float = Field(
+        default=0.0,
+        ge=0,
+        description="Replace a pooled connection at checkout once it is this many seconds old "
+        "(0: never); set it below the age at which a balancer or failover cuts connections.",
+    )
+    sql_log: bool = Field(
+        default=False,
+        description="Log every SQL statement with its duration and parameters (logger "
+        "service.storage.sql, at INFO); for development, it costs CPU on every query.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Root log level."
     )

@@ -69,6 +69,7 @@ def stored_task(**fields: Any) -> Task:
         "create_time": CREATED,
         "update_time": NOW,
         "version": 4,
+        "project": Project(id=3, name="Apollo", create_time=CREATED, update_time=NOW),
     }
     values.update(fields)
     return Task(**values)
@@ -231,6 +232,20 @@ def test_task_to_message_full_view_adds_assignee_and_basic_subtasks() -> None:
     # Subtasks are in the BASIC view: no nested assignee or grandchildren.
     assert all(not s.HasField("assignee") for s in message.subtasks)
     assert all(len(s.subtasks) == 0 for s in message.subtasks)
+
+
+def test_task_to_message_full_view_adds_project_and_creator() -> None:
+    creator = Worker(id=12, name="Bo", email="bo@example.com", create_time=CREATED, update_time=NOW)
+    task = stored_task(creator_id=12, creator=creator, assignee=None, subtasks=[])
+
+    message = task_to_message(task, resources_pb2.TASK_VIEW_FULL)
+    basic = task_to_message(task)
+
+    assert message.project == project_to_message(task.project)
+    assert message.creator == worker_to_message(creator)
+    assert not basic.HasField("project")
+    assert not basic.HasField("creator")
+    assert basic.creator_id == 12
 
 
 def test_task_to_message_full_view_leaves_out_deleted_subtasks() -> None:
@@ -612,7 +627,7 @@ def test_apply_task_update_maps_every_priority(
     "request_type", [task_service_pb2.ListTasksRequest, task_service_pb2.StreamTasksRequest]
 )
 def test_task_filter_from_empty_request_filters_nothing(request_type: type) -> None:
-    assert task_filter_from(request_type()) == TaskFilter()
+    assert task_filter_from(request_type(), NOW) == TaskFilter()
 
 
 @pytest.mark.parametrize(
@@ -633,7 +648,7 @@ def test_task_filter_from_copies_every_filter(request_type: type) -> None:
         update_time=resources_pb2.TimeRange(end_time=timestamp_of(LATER)),
     )
 
-    assert task_filter_from(request) == TaskFilter(
+    assert task_filter_from(request, NOW) == TaskFilter(
         project_id=3,
         statuses=(TaskStatus.DONE, TaskStatus.BLOCKED),
         priorities=(TaskPriority.URGENT,),
@@ -650,20 +665,20 @@ def test_task_filter_from_copies_every_filter(request_type: type) -> None:
     "request_type", [task_service_pb2.ListTasksRequest, task_service_pb2.StreamTasksRequest]
 )
 def test_task_filter_from_hides_deleted_tasks_unless_show_deleted(request_type: type) -> None:
-    assert task_filter_from(request_type()).show_deleted is False
-    assert task_filter_from(request_type(show_deleted=True)).show_deleted is True
+    assert task_filter_from(request_type(), NOW).show_deleted is False
+    assert task_filter_from(request_type(show_deleted=True), NOW).show_deleted is True
 
 
 def test_task_filter_from_trims_tags_like_stored_tags() -> None:
     request = task_service_pb2.ListTasksRequest(tags=[" a", "b "])
 
-    assert task_filter_from(request).tags == ("a", "b")
+    assert task_filter_from(request, NOW).tags == ("a", "b")
 
 
 def test_task_filter_from_reads_unassigned_and_top_level_only() -> None:
     request = task_service_pb2.ListTasksRequest(unassigned=True, top_level_only=True)
 
-    task_filter = task_filter_from(request)
+    task_filter = task_filter_from(request, NOW)
 
     assert task_filter.unassigned is True
     assert task_filter.top_level_only is True
@@ -674,7 +689,7 @@ def test_task_filter_from_reads_unassigned_and_top_level_only() -> None:
 def test_task_filter_from_empty_time_range_is_unbounded() -> None:
     request = task_service_pb2.ListTasksRequest(create_time=resources_pb2.TimeRange())
 
-    assert task_filter_from(request).create_time == TimeBounds()
+    assert task_filter_from(request, NOW).create_time == TimeBounds()
 
 
 # --- projects -------------------------------------------------------------------------------
@@ -844,3 +859,29 @@ def test_apply_worker_update_strips_name() -> None:
 
     assert worker.name == "Grace"
     assert worker.email == "ada@example.com"
+
+
+def test_task_filter_from_reads_creator_due_time_and_overdue() -> None:
+    request = task_service_pb2.ListTasksRequest(creator_id=4, overdue=True)
+    to_timestamp(CREATED, request.due_time.start_time)
+
+    task_filter = task_filter_from(request, NOW)
+
+    assert task_filter.creator_id == 4
+    assert task_filter.due_time == TimeBounds(start=CREATED)
+    assert task_filter.overdue_at == NOW
+    assert task_filter_from(task_service_pb2.ListTasksRequest(), NOW).overdue_at is None
+
+
+def test_due_time_round_trips_and_an_update_without_it_clears_it() -> None:
+    message = resources_pb2.Task(project_id=1, title="t")
+    to_timestamp(LATER, message.due_time)
+
+    task = new_task_from_message(message, NOW)
+    assert task.due_time == LATER
+    assert from_timestamp(basic_task_message(task).due_time) == LATER
+
+    stored = Task(**dataclasses.asdict(task))
+    apply_task_update(stored, resources_pb2.Task(), {"due_time"}, NOW)
+    assert stored.due_time is None
+    assert not basic_task_message(stored).HasField("due_time")

@@ -50,6 +50,19 @@ SAFE_WRITES_INDEXES = {
     "audit_events": {"ix_audit_events_entity"},
     "idempotency_keys": {"ix_idempotency_keys_create_time"},
 }
+# Columns and indexes of each later revision, by table: present exactly from it on.
+LATER_COLUMNS: dict[str, dict[str, set[str]]] = {
+    "0004": {"tasks": {"creator_id"}},  # the task creator
+    "0005": {"tasks": {"due_time"}},  # due dates
+}
+LATER_INDEXES: dict[str, dict[str, set[str]]] = {
+    "0004": {"tasks": {"ix_tasks_creator_id"}},
+    "0005": {"tasks": {"ix_tasks_due_time_id", "ix_tasks_id_without_due_time"}},
+}
+# Revisions in order, base first.
+REVISIONS = ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008"]
+# 0006: name search (name_contains) on PostgreSQL only.
+NAME_SEARCH_INDEXES = {"projects": {"ix_projects_name_trgm"}, "workers": {"ix_workers_name_trgm"}}
 
 
 @dataclass
@@ -105,7 +118,7 @@ def assert_schema_at(schema: Schema, revision: str, is_postgres: bool) -> None:
     assert schema.version == revision
     with_0002 = revision >= "0002"
     with_0003 = revision >= "0003"
-    with_0004 = revision >= "0004"
+    with_checks = revision >= "0008"
     assert schema.tables == (TABLES if with_0003 else CORE_TABLES)
     for table, added in SAFE_WRITES_COLUMNS.items():
         if with_0003:
@@ -118,8 +131,19 @@ def assert_schema_at(schema: Schema, revision: str, is_postgres: bool) -> None:
         elif table in schema.indexes:
             assert not schema.indexes[table] & added, table
     # Nothing else declares CHECK constraints: these are all of them.
-    assert schema.checks.get("tasks", set()) == (TASK_CHECKS if with_0004 else set())
+    assert schema.checks.get("tasks", set()) == (TASK_CHECKS if with_checks else set())
     assert not {name for checks in schema.checks.values() for name in checks} - TASK_CHECKS
+    for added_in, tables in LATER_COLUMNS.items():
+        for table, columns in tables.items():
+            present = schema.columns[table] & columns
+            assert present == (columns if revision >= added_in else set()), (revision, table)
+    for added_in, tables in LATER_INDEXES.items():
+        for table, indexes in tables.items():
+            present = schema.indexes[table] & indexes
+            assert present == (indexes if revision >= added_in else set()), (revision, table)
+    for table, indexes in NAME_SEARCH_INDEXES.items():
+        expected = indexes if is_postgres and revision >= "0006" else set()
+        assert schema.indexes[table] & indexes == expected, (revision, table)
     if with_0002:
         assert schema.task_indexes >= KEYSET_INDEXES
         assert "ix_tasks_project_id" not in schema.task_indexes
@@ -185,7 +209,7 @@ def test_there_is_exactly_one_head() -> None:
     revisions = list(script.walk_revisions())
     assert [r.revision for r in revisions][0] == head_revision()
     assert revisions[-1].down_revision is None
-    assert [r.revision for r in revisions] == ["0004", "0003", "0002", "0001"]
+    assert [r.revision for r in revisions] == REVISIONS[::-1]
 
 
 async def test_upgrade_check_downgrade_and_upgrade_again(empty_database: str) -> None:
@@ -241,19 +265,10 @@ async def test_each_step_down_and_back_up(empty_database: str) -> None:
     kept = await project_rows(url)
     assert [name for _, name in kept] == ["kept"]
 
-    # head -> 0002 -> head, then head -> 0001 -> head, one step at a time.
-    steps = [
-        (downgrade, "0003"),
-        (downgrade, "0002"),
-        (upgrade, "0003"),
-        (upgrade, "0004"),
-        (downgrade, "0003"),
-        (downgrade, "0002"),
-        (downgrade, "0001"),
-        (upgrade, "0002"),
-        (upgrade, "0003"),
-        (upgrade, "0004"),
-    ]
+    # One step down and back up, then every step down to 0001 and every step back up.
+    steps = [(downgrade, REVISIONS[-2]), (upgrade, REVISIONS[-1])]
+    steps += [(downgrade, revision) for revision in REVISIONS[-2::-1]]
+    steps += [(upgrade, revision) for revision in REVISIONS[1:]]
     assert steps[-1][1] == head_revision()
     for migrate_to, expected in steps:
         await migrate_to(url, expected)
@@ -392,7 +407,7 @@ async def test_migrations_run_in_one_transaction_on_postgres(
 async def test_tasks_refuse_a_status_or_priority_that_readers_cannot_map(
     empty_database: str,
 ) -> None:
-    """0004's CHECK constraints hold exactly the models' enums (alembic check cannot
+    """0008's CHECK constraints hold exactly the models' enums (alembic check cannot
     compare CHECK constraints, so this is the drift test for them)."""
     url = empty_database
     await upgrade(url)
@@ -427,3 +442,70 @@ async def test_tasks_refuse_a_status_or_priority_that_readers_cannot_map(
     await set_column("status", "PENDING")
     await upgrade(url)
     assert_schema_at(await read_schema(url), head_revision(), url.startswith("postgresql"))
+
+
+async def test_index_of_tasks_without_due_time_is_partial(empty_database: str) -> None:
+    """Only the rows without a due time: the tail of order_by due_time (nulls last)."""
+    url = empty_database
+    await upgrade(url)
+    query = (
+        "SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_tasks_id_without_due_time'"
+        if url.startswith("postgresql")
+        else "SELECT sql FROM sqlite_master WHERE name = 'ix_tasks_id_without_due_time'"
+    )
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as connection:
+            definition = str((await connection.execute(text(query))).scalar_one())
+    finally:
+        await engine.dispose()
+    assert "WHERE" in definition.upper(), definition
+    assert "due_time IS NULL" in definition.replace("(", "").replace(")", ""), definition
+
+
+async def _create_statements(url: str) -> dict[str, str]:
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as connection:
+            rows = await connection.execute(
+                text("SELECT name, sql FROM sqlite_master WHERE type = 'table'")
+            )
+            return {str(name): str(sql) for name, sql in rows}
+    finally:
+        await engine.dispose()
+
+
+async def test_sqlite_never_reuses_ids_from_0007_on(tmp_path: Path) -> None:
+    """AUTOINCREMENT on the resource tables; the rebuild keeps rows, references and the
+    partial index."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'ids.db'}"
+    await upgrade(url, "0006")
+    await seed_a_task_tree(url)
+    before = await task_rows(url)
+    assert not any("AUTOINCREMENT" in sql for sql in (await _create_statements(url)).values())
+
+    await upgrade(url, "0007")
+    statements = await _create_statements(url)
+    for table in ("projects", "workers", "tasks"):
+        assert "AUTOINCREMENT" in statements[table], table
+    assert await task_rows(url) == before
+    await check(url)
+
+    # The newest project, deleted: the next one gets a new id.
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as connection:
+            insert = (
+                "INSERT INTO projects (name, description, create_time, update_time) "
+                "VALUES (:name, '', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP) RETURNING id"
+            )
+            newest = (await connection.execute(text(insert), {"name": "gone"})).scalar_one()
+            await connection.execute(text("DELETE FROM projects WHERE id = :id"), {"id": newest})
+            after = (await connection.execute(text(insert), {"name": "next"})).scalar_one()
+    finally:
+        await engine.dispose()
+    assert after > newest
+
+    await downgrade(url, "0006")
+    assert not any("AUTOINCREMENT" in sql for sql in (await _create_statements(url)).values())
+    assert await task_rows(url) == before

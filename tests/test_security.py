@@ -284,6 +284,9 @@ READS: dict[str, Call] = {
             timeout=TIMEOUT,
         )
     ),
+    "BatchGetTasks": lambda s, t, md: s.tasks.BatchGetTasks(
+        task_service_pb2.BatchGetTasksRequest(ids=[t.id]), metadata=md, timeout=TIMEOUT
+    ),
     "ListTaskEvents": lambda s, t, md: s.tasks.ListTaskEvents(
         task_service_pb2.ListTaskEventsRequest(task_id=t.id), metadata=md, timeout=TIMEOUT
     ),
@@ -295,6 +298,11 @@ READS: dict[str, Call] = {
     ),
     "ListWorkers": lambda s, _t, md: s.workers.ListWorkers(
         worker_service_pb2.ListWorkersRequest(), metadata=md, timeout=TIMEOUT
+    ),
+    "ListProjectEvents": lambda s, t, md: s.projects.ListProjectEvents(
+        project_service_pb2.ListProjectEventsRequest(project_id=t.project_id),
+        metadata=md,
+        timeout=TIMEOUT,
     ),
 }
 

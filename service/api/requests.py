@@ -6,6 +6,7 @@ from service.api.field_mask import MaskRules, resolve_update_mask
 from service.api.mapping.tasks import ListOrStream
 from service.api.mapping.timestamps import is_valid_timestamp
 from service.api.validation import (
+    EMAIL_MAX,
     NAME_MAX,
     TITLE_MAX,
     Violations,
@@ -17,6 +18,7 @@ from service.api.validation import (
     check_tags,
     check_text,
 )
+from service.storage.models import Task
 from taskmanager.v1 import (
     project_service_pb2,
     resources_pb2,
@@ -26,20 +28,39 @@ from taskmanager.v1 import (
 
 TASK_MASK = MaskRules(
     mutable=frozenset(
-        {"title", "description", "status", "priority", "tags", "assignee_id", "parent_task_id"}
+        {
+            "title",
+            "description",
+            "status",
+            "priority",
+            "tags",
+            "assignee_id",
+            "parent_task_id",
+            "due_time",
+        }
     ),
-    immutable=frozenset({"project_id"}),
+    immutable=frozenset({"project_id", "creator_id"}),
     output_only=frozenset(
-        {"id", "create_time", "update_time", "assignee", "subtasks", "etag", "delete_time"}
+        {
+            "id",
+            "create_time",
+            "update_time",
+            "assignee",
+            "subtasks",
+            "etag",
+            "delete_time",
+            "project",
+            "creator",
+        }
     ),
 )
 PROJECT_MASK = MaskRules(
     mutable=frozenset({"name", "description"}),
-    output_only=frozenset({"id", "create_time", "update_time", "etag"}),
+    output_only=frozenset({"id", "create_time", "update_time", "etag", "task_counts"}),
 )
 WORKER_MASK = MaskRules(
     mutable=frozenset({"name", "email"}),
-    output_only=frozenset({"id", "create_time", "update_time", "etag"}),
+    output_only=frozenset({"id", "create_time", "update_time", "etag", "task_counts"}),
 )
 
 
@@ -76,9 +97,12 @@ def check_task(
         )
     if "tags" in fields:
         check_tags(violations, f"{prefix}.tags", task.tags)
-    for name in ("assignee_id", "parent_task_id"):
+    for name in ("assignee_id", "parent_task_id", "creator_id"):
         if name in fields and task.HasField(name):
             check_id(violations, f"{prefix}.{name}", getattr(task, name))
+    if "due_time" in fields and task.HasField("due_time"):
+        if not is_valid_timestamp(task.due_time):
+            violations.add(f"{prefix}.due_time", "not a valid timestamp", "INVALID_TIMESTAMP")
 
 
 def check_create_task(request: task_service_pb2.CreateTaskRequest) -> None:
@@ -121,6 +145,17 @@ def check_batch_create_tasks(request: task_service_pb2.BatchCreateTasksRequest) 
     violations.raise_if_any()
 
 
+def check_batch_get_tasks(request: task_service_pb2.BatchGetTasksRequest) -> None:
+    """INVALID_ARGUMENT unless 1 to 1000 positive ids and a known view (AIP-231)."""
+    violations = Violations()
+    if not 1 <= len(request.ids) <= BATCH_MAX:
+        violations.add("ids", f"must hold 1 to {BATCH_MAX} ids", "BATCH_SIZE")
+    for index, task_id in enumerate(request.ids):
+        check_id(violations, f"ids[{index}]", task_id)
+    check_enum(violations, "view", request.view, resources_pb2.TaskView, allow_unspecified=True)
+    violations.raise_if_any()
+
+
 def check_update_task(request: task_service_pb2.UpdateTaskRequest) -> frozenset[str]:
     """The fields to update; INVALID_ARGUMENT for a bad mask or bad values."""
     violations = Violations()
@@ -129,6 +164,20 @@ def check_update_task(request: task_service_pb2.UpdateTaskRequest) -> frozenset[
     check_task(violations, request.task, fields, creating=False)
     violations.raise_if_any()
     return fields
+
+
+def check_immutable_unchanged(
+    stored: Task, task: resources_pb2.Task, fields: frozenset[str]
+) -> None:
+    """INVALID_ARGUMENT if an update changes an immutable field; the same value is fine
+    (AIP-203), so a client may send a whole task back."""
+    violations = Violations()
+    for name in sorted(fields & TASK_MASK.immutable):
+        unset = task.DESCRIPTOR.fields_by_name[name].has_presence and not task.HasField(name)  # type: ignore[arg-type]
+        sent = None if unset else getattr(task, name)
+        if sent != getattr(stored, name):
+            violations.add(f"task.{name}", "is immutable", "IMMUTABLE_FIELD")
+    violations.raise_if_any()
 
 
 def check_project(
@@ -224,6 +273,8 @@ def check_task_filter(request: ListOrStream) -> Violations:
         check_id(violations, "assignee_id", request.assignee_id)
         if request.unassigned:
             violations.add("unassigned", "cannot be combined with assignee_id", "CONFLICT")
+    if request.HasField("creator_id"):
+        check_id(violations, "creator_id", request.creator_id)
     if request.HasField("parent_task_id"):
         check_id(violations, "parent_task_id", request.parent_task_id)
         if request.top_level_only:
@@ -234,9 +285,30 @@ def check_task_filter(request: ListOrStream) -> Violations:
         if len(request.title_contains) > TITLE_MAX:
             violations.add("title_contains", f"must be at most {TITLE_MAX} characters", "TOO_LONG")
     check_enum(violations, "view", request.view, resources_pb2.TaskView, allow_unspecified=True)
-    for name in ("create_time", "update_time"):
+    for name in ("create_time", "update_time", "due_time"):
         check_time_range(violations, name, getattr(request, name))
     return violations
+
+
+def check_list_projects(request: project_service_pb2.ListProjectsRequest) -> Violations:
+    """Violations in the filter fields of ListProjects (raised with the paging ones)."""
+    violations = Violations()
+    check_search_text(violations, "name_contains", request.name_contains, NAME_MAX)
+    return violations
+
+
+def check_list_workers(request: worker_service_pb2.ListWorkersRequest) -> Violations:
+    """Violations in the filter fields of ListWorkers (raised with the paging ones)."""
+    violations = Violations()
+    check_search_text(violations, "email", request.email.strip(), EMAIL_MAX)
+    check_search_text(violations, "name_contains", request.name_contains, NAME_MAX)
+    return violations
+
+
+def check_search_text(violations: Violations, field: str, value: str, max_length: int) -> None:
+    """Text to look for: no NUL, and no longer than what it is compared with."""
+    if check_no_nul(violations, field, value) and len(value) > max_length:
+        violations.add(field, f"must be at most {max_length} characters", "TOO_LONG")
 
 
 def check_time_range(

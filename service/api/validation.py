@@ -100,13 +100,17 @@ def check_request_id(violations: Violations, field: str, value: str) -> None:
         violations.add(field, "must be a UUID", "INVALID_REQUEST_ID")
 
 
+# The view enums of the resources (how much a read returns).
+ViewEnum = (
+    type[resources_pb2.TaskView] | type[resources_pb2.ProjectView] | type[resources_pb2.WorkerView]
+)
+
+
 def check_enum(
     violations: Violations,
     field: str,
     value: int,
-    enum: type[resources_pb2.TaskStatus]
-    | type[resources_pb2.TaskPriority]
-    | type[resources_pb2.TaskView],
+    enum: type[resources_pb2.TaskStatus] | type[resources_pb2.TaskPriority] | ViewEnum,
     *,
     allow_unspecified: bool,
 ) -> None:

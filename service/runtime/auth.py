@@ -35,13 +35,13 @@ AUTHORIZATION_KEY = "authorization"
 OPEN_SERVICES = frozenset(
     {health.SERVICE_NAME, reflection.SERVICE_NAME, "grpc.reflection.v1.ServerReflection"}
 )
-READ_PREFIXES = ("Get", "List", "Stream")
+READ_PREFIXES = ("Get", "BatchGet", "List", "Stream")
 
 Behavior = Callable[[Any, Any], Any]
 
 
 def is_read(method: str) -> bool:
-    """Whether `/package.Service/Method` only reads (Get*, List*, Stream*)."""
+    """Whether `/package.Service/Method` only reads (Get*, BatchGet*, List*, Stream*)."""
     return method.rsplit("/", 1)[-1].startswith(READ_PREFIXES)
 
 

@@ -27,6 +27,8 @@ def task_snapshot(task: AnyTask) -> Snapshot:
     snapshot["assignee_id"] = task.assignee_id
     snapshot["parent_task_id"] = task.parent_task_id
     snapshot["delete_time"] = _json(task.delete_time)
+    snapshot["creator_id"] = task.creator_id
+    snapshot["due_time"] = _json(task.due_time)
     return snapshot
 
 

@@ -22,6 +22,7 @@ from service.storage.repositories.idempotency import IdempotencyRepository
 from service.storage.repositories.projects import ProjectRepository
 from service.storage.repositories.tasks import TaskRepository
 from service.storage.repositories.workers import WorkerRepository
+from service.storage.statement_log import log_statements
 
 _RETURNED_AT = "taskservice_returned_at"
 
@@ -56,10 +57,18 @@ def create_engine(settings: Settings, *, foreign_keys: bool = True) -> AsyncEngi
             pool_size=settings.pool_size,
             max_overflow=settings.max_overflow,
             pool_timeout=settings.pool_timeout,
+            pool_recycle=_recycle_seconds(settings),
         )
+    if settings.sql_log:
+        log_statements(engine)
     if settings.pool_ping_after_idle > 0 and not settings.pool_pre_ping:
         ping_idle_connections(engine, settings.pool_ping_after_idle)
     return engine
+
+
+def _recycle_seconds(settings: Settings) -> float:
+    """SQLAlchemy's pool_recycle: replace connections this old at checkout; -1 = never."""
+    return settings.pool_recycle if settings.pool_recycle > 0 else -1
 
 
 def ping_idle_connections(engine: AsyncEngine, idle_seconds: float) -> None:
@@ -108,6 +117,7 @@ def _create_sqlite_engine(settings: Settings, foreign_keys: bool) -> AsyncEngine
         pool_size=settings.pool_size,
         max_overflow=settings.max_overflow,
         pool_timeout=settings.pool_timeout,
+        pool_recycle=_recycle_seconds(settings),
         connect_args={"timeout": 30},
     )
     _use_immediate_transactions(engine, foreign_keys)

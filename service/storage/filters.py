@@ -1,6 +1,6 @@
-"""What a list or stream of tasks can be narrowed by: plain values, no SQL.
+"""What a list or stream of tasks, projects or workers can be narrowed by: plain values, no SQL.
 
-Mapping builds these from requests; the task repository turns them into WHERE clauses.
+Mapping builds these from requests; the repositories turn them into WHERE clauses.
 """
 
 from __future__ import annotations
@@ -20,6 +20,21 @@ class TimeBounds:
 
 
 @dataclass(frozen=True)
+class ProjectFilter:
+    """What a list of projects can be narrowed by."""
+
+    name_contains: str = ""
+
+
+@dataclass(frozen=True)
+class WorkerFilter:
+    """What a list of workers can be narrowed by; both ANDed."""
+
+    email: str = ""  # as stored: trimmed, lower-cased
+    name_contains: str = ""
+
+
+@dataclass(frozen=True)
 class TaskFilter:
     """Everything a list or stream of tasks can be narrowed by; all of it ANDed."""
 
@@ -35,3 +50,7 @@ class TaskFilter:
     create_time: TimeBounds = field(default_factory=TimeBounds)
     update_time: TimeBounds = field(default_factory=TimeBounds)
     show_deleted: bool = False
+    creator_id: int | None = None
+    due_time: TimeBounds = field(default_factory=TimeBounds)
+    # Due before this time and neither DONE nor CANCELLED; None: no such filter.
+    overdue_at: datetime | None = None

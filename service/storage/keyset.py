@@ -3,6 +3,12 @@
 A page ends at the last row's sort key and id (never an offset), so each page costs
 one index range scan however deep it is. `service.api.pagination` carries positions
 in page tokens; repositories apply them here.
+
+A nullable sort field puts rows without a key last in both directions. No single
+index range scan yields that order from any position, so such a page is two range
+scans, each at most a page long, in one statement: the rows with a key after the
+position (index (key, id)), then the rows without one (a partial index on id WHERE
+key IS NULL); the page is the first `limit` of the two, joined back to the table.
 """
 
 from __future__ import annotations
@@ -12,7 +18,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import BigInteger, ColumnElement, Select, literal, tuple_
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Select,
+    literal,
+    nulls_last,
+    select,
+    tuple_,
+    union_all,
+)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -24,6 +39,8 @@ class SortField:
     column: Any
     encode: Callable[[Any], Any]
     decode: Callable[[Any], Any]
+    # Rows whose key is NULL sort after all others, ascending and descending.
+    nulls_last: bool = False
 
 
 # Decoders take what a token carried and raise ValueError (or OverflowError) for
@@ -65,6 +82,19 @@ def time_field(column: Any) -> SortField:
     return SortField(column, _encode_time, _decode_time)
 
 
+def _encode_optional_time(value: datetime | None) -> int | None:
+    return None if value is None else _encode_time(value)
+
+
+def _decode_optional_time(value: Any) -> datetime | None:
+    return None if value is None else _decode_time(value)
+
+
+def optional_time_field(column: Any) -> SortField:
+    """A nullable timestamp sort field; rows without a time come last either way."""
+    return SortField(column, _encode_optional_time, _decode_optional_time, nulls_last=True)
+
+
 def int_field(column: Any) -> SortField:
     """An integer sort field (BIGINT, else a 32-bit INTEGER)."""
     bits = 64 if isinstance(column.type, BigInteger) else 32
@@ -97,6 +127,41 @@ class Ordering:
             literal(position.key, self.field.column.type), literal(position.id, id_column.type)
         )
         return row < bound if self.descending else row > bound
+
+    def window(
+        self, statement: Select[Any], id_column: Any, after: Position | None, limit: int
+    ) -> Select[Any]:
+        """`statement` narrowed to its first `limit` rows after `after`, in this order."""
+        if self.field.nulls_last:
+            return self._nulls_last_window(statement, id_column, after, limit)
+        if after is not None:
+            statement = statement.where(self.after(after, id_column))
+        return self.apply(statement, id_column).limit(limit)
+
+    def _nulls_last_window(
+        self, statement: Select[Any], id_column: Any, after: Position | None, limit: int
+    ) -> Select[Any]:
+        key = self.field.column
+        conditions = () if statement.whereclause is None else (statement.whereclause,)
+        keyless = select(id_column, key).where(*conditions, key.is_(None))
+        if after is not None and after.key is None:  # already among the rows without a key
+            keyless = keyless.where(
+                id_column < after.id if self.descending else id_column > after.id
+            )
+        order = id_column.desc() if self.descending else id_column.asc()
+        branches = [keyless.order_by(order).limit(limit).subquery().select()]
+        if after is None or after.key is not None:
+            keyed = select(id_column, key).where(*conditions, key.is_not(None))
+            if after is not None:
+                keyed = keyed.where(self.after(after, id_column))
+            branches.insert(0, self.apply(keyed, id_column).limit(limit).subquery().select())
+        page = union_all(*branches).subquery("keyset_page")
+        page_key, page_id = page.c[key.key], page.c[id_column.key]
+        if self.descending:
+            ordered = (nulls_last(page_key.desc()), page_id.desc())
+        else:
+            ordered = (nulls_last(page_key.asc()), page_id.asc())
+        return statement.join(page, id_column == page_id).order_by(*ordered).limit(limit)
 
     def position_of(self, entity: Any) -> Position:
         """The keyset position of a row in this order."""

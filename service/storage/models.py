@@ -19,6 +19,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import TypeDecorator
@@ -35,6 +36,10 @@ SQLModel.metadata.naming_convention = {
 
 # BIGINT ids on PostgreSQL; SQLite only auto-increments an INTEGER PRIMARY KEY.
 IdType = BigInteger().with_variant(Integer(), "sqlite")
+# SQLite reuses the largest id after its row is deleted unless the table says
+# AUTOINCREMENT; ids of deleted projects, workers and purged tasks must stay theirs,
+# or a new row would inherit their audit history. (PostgreSQL sequences never reuse.)
+NEVER_REUSE_IDS = {"sqlite_autoincrement": True}
 # One column type for tags: JSONB (GIN-indexable, @>) on PostgreSQL, JSON elsewhere.
 TagsType = JSON().with_variant(JSONB(), "postgresql")
 
@@ -96,7 +101,7 @@ def _one_of(column: str, values: list[str]) -> str:
 
 
 # Readers map each stored status and priority to the API's enums, so the database
-# refuses any other value (migration 0004 made these; change both together).
+# refuses any other value (migration 0008 made these; change both together).
 STATUS_CHECK = _one_of("status", [f"'{status.value}'" for status in TaskStatus])
 PRIORITY_CHECK = _one_of("priority", [str(priority.value) for priority in TaskPriority])
 
@@ -116,10 +121,22 @@ _WORKER_VERSION = _version_column()
 _TASK_VERSION = _version_column()
 
 
+def _name_search_index(table: str) -> Index:
+    """PostgreSQL only (env.py skips it elsewhere): `name ILIKE '%text%'` (name_contains)."""
+    return Index(
+        f"ix_{table}_name_trgm",
+        "name",
+        postgresql_using="gin",
+        postgresql_ops={"name": "gin_trgm_ops"},
+        info={"dialects": ("postgresql",)},
+    )
+
+
 class Project(SQLModel, table=True):
     """A named collection of tasks."""
 
     __tablename__ = "projects"
+    __table_args__ = (_name_search_index("projects"), NEVER_REUSE_IDS)
 
     id: int | None = Field(default=None, sa_type=IdType, primary_key=True)
     name: str = Field(sa_column=Column(String(200), nullable=False, unique=True))
@@ -135,6 +152,7 @@ class Worker(SQLModel, table=True):
     """Someone tasks can be assigned to."""
 
     __tablename__ = "workers"
+    __table_args__ = (_name_search_index("workers"), NEVER_REUSE_IDS)
 
     id: int | None = Field(default=None, sa_type=IdType, primary_key=True)
     name: str = Field(sa_column=Column(String(200), nullable=False))
@@ -157,6 +175,15 @@ class Task(SQLModel, table=True):
         Index("ix_tasks_update_time_id", "update_time", "id"),
         Index("ix_tasks_priority_id", "priority", "id"),
         Index("ix_tasks_title_id", "title", "id"),
+        # order_by due_time: the tasks with a due time by (due_time, id), then those
+        # without one by id, from a partial index (see keyset.py: nulls last).
+        Index("ix_tasks_due_time_id", "due_time", "id"),
+        Index(
+            "ix_tasks_id_without_due_time",
+            "id",
+            postgresql_where=text("due_time IS NULL"),
+            sqlite_where=text("due_time IS NULL"),
+        ),
         # PostgreSQL only (env.py skips them elsewhere): tags @> and title ILIKE.
         Index(
             "ix_tasks_tags_gin",
@@ -174,6 +201,7 @@ class Task(SQLModel, table=True):
         ),
         CheckConstraint(STATUS_CHECK, name="status"),
         CheckConstraint(PRIORITY_CHECK, name="priority"),
+        NEVER_REUSE_IDS,
     )
 
     id: int | None = Field(default=None, sa_type=IdType, primary_key=True)
@@ -206,12 +234,25 @@ class Task(SQLModel, table=True):
     # ancestor deleted with force), so an undelete restores exactly that subtree.
     delete_time: datetime | None = Field(default=None, sa_type=UTCDateTime(), nullable=True)
     deleted_with_id: int | None = Field(default=None, sa_type=IdType, nullable=True, index=True)
+    # Who created the task (immutable); SET NULL only backs up DeleteWorker, which
+    # clears it through the ORM so the task's etag moves and the change is audited.
+    creator_id: int | None = Field(
+        default=None,
+        sa_column=Column(IdType, ForeignKey("workers.id", ondelete="SET NULL"), index=True),
+    )
+    due_time: datetime | None = Field(default=None, sa_type=UTCDateTime(), nullable=True)
 
     __mapper_args__ = {"version_id_col": _TASK_VERSION}
 
     # lazy="raise": an unplanned lazy load is a bug (MissingGreenlet under asyncio);
-    # repositories load what a view needs with selectinload.
-    assignee: Worker | None = Relationship(sa_relationship_kwargs={"lazy": "raise"})
+    # repositories load what a view needs eagerly.
+    assignee: Worker | None = Relationship(
+        sa_relationship_kwargs={"lazy": "raise", "foreign_keys": "[Task.assignee_id]"}
+    )
+    creator: Worker | None = Relationship(
+        sa_relationship_kwargs={"lazy": "raise", "foreign_keys": "[Task.creator_id]"}
+    )
+    project: Project = Relationship(sa_relationship_kwargs={"lazy": "raise"})
     parent: Optional["Task"] = Relationship(  # noqa: UP045 - a forward ref can't use `|`
         back_populates="subtasks",
         sa_relationship_kwargs={"lazy": "raise", "remote_side": "Task.id"},
@@ -245,6 +286,8 @@ class NewTask:
     version: int = 1
     delete_time: datetime | None = None
     deleted_with_id: int | None = None
+    creator_id: int | None = None
+    due_time: datetime | None = None
 
 
 # A stored task or one about to be inserted: what snapshots, BASIC messages and the

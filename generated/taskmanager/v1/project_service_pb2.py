@@ -28,7 +28,7 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from taskmanager.v1 import resources_pb2 as taskmanager_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$taskmanager/v1/project_service.proto\x12\x0etaskmanager.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1etaskmanager/v1/resources.proto\"t\n\x14\x43reateProjectRequest\x12.\n\x07project\x18\x01 \x01(\x0b\x32\x17.taskmanager.v1.ProjectB\x04\xe2\x41\x01\x01\x12\x12\n\x04name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x18\n\nrequest_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"%\n\x11GetProjectRequest\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\"H\n\x13ListProjectsRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"Z\n\x14ListProjectsResponse\x12)\n\x08projects\x18\x01 \x03(\x0b\x32\x17.taskmanager.v1.Project\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"}\n\x14UpdateProjectRequest\x12.\n\x07project\x18\x01 \x01(\x0b\x32\x17.taskmanager.v1.ProjectB\x04\xe2\x41\x01\x02\x12\x35\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x01\"<\n\x14\x44\x65leteProjectRequest\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12\x12\n\x04\x65tag\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x32\xa4\x03\n\x0eProjectService\x12N\n\rCreateProject\x12$.taskmanager.v1.CreateProjectRequest\x1a\x17.taskmanager.v1.Project\x12H\n\nGetProject\x12!.taskmanager.v1.GetProjectRequest\x1a\x17.taskmanager.v1.Project\x12Y\n\x0cListProjects\x12#.taskmanager.v1.ListProjectsRequest\x1a$.taskmanager.v1.ListProjectsResponse\x12N\n\rUpdateProject\x12$.taskmanager.v1.UpdateProjectRequest\x1a\x17.taskmanager.v1.Project\x12M\n\rDeleteProject\x12$.taskmanager.v1.DeleteProjectRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$taskmanager/v1/project_service.proto\x12\x0etaskmanager.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1etaskmanager/v1/resources.proto\"t\n\x14\x43reateProjectRequest\x12.\n\x07project\x18\x01 \x01(\x0b\x32\x17.taskmanager.v1.ProjectB\x04\xe2\x41\x01\x01\x12\x12\n\x04name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x18\n\nrequest_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"V\n\x11GetProjectRequest\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12/\n\x04view\x18\x02 \x01(\x0e\x32\x1b.taskmanager.v1.ProjectViewB\x04\xe2\x41\x01\x01\"\x96\x01\n\x13ListProjectsRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12/\n\x04view\x18\x03 \x01(\x0e\x32\x1b.taskmanager.v1.ProjectViewB\x04\xe2\x41\x01\x01\x12\x1b\n\rname_contains\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\"Z\n\x14ListProjectsResponse\x12)\n\x08projects\x18\x01 \x03(\x0b\x32\x17.taskmanager.v1.Project\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"}\n\x14UpdateProjectRequest\x12.\n\x07project\x18\x01 \x01(\x0b\x32\x17.taskmanager.v1.ProjectB\x04\xe2\x41\x01\x02\x12\x35\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x01\"<\n\x14\x44\x65leteProjectRequest\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12\x12\n\x04\x65tag\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"g\n\x18ListProjectEventsRequest\x12\x18\n\nproject_id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12\x17\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"`\n\x19ListProjectEventsResponse\x12*\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1a.taskmanager.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\x8e\x04\n\x0eProjectService\x12N\n\rCreateProject\x12$.taskmanager.v1.CreateProjectRequest\x1a\x17.taskmanager.v1.Project\x12H\n\nGetProject\x12!.taskmanager.v1.GetProjectRequest\x1a\x17.taskmanager.v1.Project\x12Y\n\x0cListProjects\x12#.taskmanager.v1.ListProjectsRequest\x1a$.taskmanager.v1.ListProjectsResponse\x12N\n\rUpdateProject\x12$.taskmanager.v1.UpdateProjectRequest\x1a\x17.taskmanager.v1.Project\x12M\n\rDeleteProject\x12$.taskmanager.v1.DeleteProjectRequest\x1a\x16.google.protobuf.Empty\x12h\n\x11ListProjectEvents\x12(.taskmanager.v1.ListProjectEventsRequest\x1a).taskmanager.v1.ListProjectEventsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,10 +43,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATEPROJECTREQUEST'].fields_by_name['request_id']._serialized_options = b'\342A\001\001'
   _globals['_GETPROJECTREQUEST'].fields_by_name['id']._loaded_options = None
   _globals['_GETPROJECTREQUEST'].fields_by_name['id']._serialized_options = b'\342A\001\002'
+  _globals['_GETPROJECTREQUEST'].fields_by_name['view']._loaded_options = None
+  _globals['_GETPROJECTREQUEST'].fields_by_name['view']._serialized_options = b'\342A\001\001'
   _globals['_LISTPROJECTSREQUEST'].fields_by_name['page_size']._loaded_options = None
   _globals['_LISTPROJECTSREQUEST'].fields_by_name['page_size']._serialized_options = b'\342A\001\001'
   _globals['_LISTPROJECTSREQUEST'].fields_by_name['page_token']._loaded_options = None
   _globals['_LISTPROJECTSREQUEST'].fields_by_name['page_token']._serialized_options = b'\342A\001\001'
+  _globals['_LISTPROJECTSREQUEST'].fields_by_name['view']._loaded_options = None
+  _globals['_LISTPROJECTSREQUEST'].fields_by_name['view']._serialized_options = b'\342A\001\001'
+  _globals['_LISTPROJECTSREQUEST'].fields_by_name['name_contains']._loaded_options = None
+  _globals['_LISTPROJECTSREQUEST'].fields_by_name['name_contains']._serialized_options = b'\342A\001\001'
   _globals['_UPDATEPROJECTREQUEST'].fields_by_name['project']._loaded_options = None
   _globals['_UPDATEPROJECTREQUEST'].fields_by_name['project']._serialized_options = b'\342A\001\002'
   _globals['_UPDATEPROJECTREQUEST'].fields_by_name['update_mask']._loaded_options = None
@@ -55,18 +61,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELETEPROJECTREQUEST'].fields_by_name['id']._serialized_options = b'\342A\001\002'
   _globals['_DELETEPROJECTREQUEST'].fields_by_name['etag']._loaded_options = None
   _globals['_DELETEPROJECTREQUEST'].fields_by_name['etag']._serialized_options = b'\342A\001\001'
+  _globals['_LISTPROJECTEVENTSREQUEST'].fields_by_name['project_id']._loaded_options = None
+  _globals['_LISTPROJECTEVENTSREQUEST'].fields_by_name['project_id']._serialized_options = b'\342A\001\002'
+  _globals['_LISTPROJECTEVENTSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTPROJECTEVENTSREQUEST'].fields_by_name['page_size']._serialized_options = b'\342A\001\001'
+  _globals['_LISTPROJECTEVENTSREQUEST'].fields_by_name['page_token']._loaded_options = None
+  _globals['_LISTPROJECTEVENTSREQUEST'].fields_by_name['page_token']._serialized_options = b'\342A\001\001'
   _globals['_CREATEPROJECTREQUEST']._serialized_start=184
   _globals['_CREATEPROJECTREQUEST']._serialized_end=300
   _globals['_GETPROJECTREQUEST']._serialized_start=302
-  _globals['_GETPROJECTREQUEST']._serialized_end=339
-  _globals['_LISTPROJECTSREQUEST']._serialized_start=341
-  _globals['_LISTPROJECTSREQUEST']._serialized_end=413
-  _globals['_LISTPROJECTSRESPONSE']._serialized_start=415
-  _globals['_LISTPROJECTSRESPONSE']._serialized_end=505
-  _globals['_UPDATEPROJECTREQUEST']._serialized_start=507
-  _globals['_UPDATEPROJECTREQUEST']._serialized_end=632
-  _globals['_DELETEPROJECTREQUEST']._serialized_start=634
-  _globals['_DELETEPROJECTREQUEST']._serialized_end=694
-  _globals['_PROJECTSERVICE']._serialized_start=697
-  _globals['_PROJECTSERVICE']._serialized_end=1117
+  _globals['_GETPROJECTREQUEST']._serialized_end=388
+  _globals['_LISTPROJECTSREQUEST']._serialized_start=391
+  _globals['_LISTPROJECTSREQUEST']._serialized_end=541
+  _globals['_LISTPROJECTSRESPONSE']._serialized_start=543
+  _globals['_LISTPROJECTSRESPONSE']._serialized_end=633
+  _globals['_UPDATEPROJECTREQUEST']._serialized_start=635
+  _globals['_UPDATEPROJECTREQUEST']._serialized_end=760
+  _globals['_DELETEPROJECTREQUEST']._serialized_start=762
+  _globals['_DELETEPROJECTREQUEST']._serialized_end=822
+  _globals['_LISTPROJECTEVENTSREQUEST']._serialized_start=824
+  _globals['_LISTPROJECTEVENTSREQUEST']._serialized_end=927
+  _globals['_LISTPROJECTEVENTSRESPONSE']._serialized_start=929
+  _globals['_LISTPROJECTEVENTSRESPONSE']._serialized_end=1025
+  _globals['_PROJECTSERVICE']._serialized_start=1028
+  _globals['_PROJECTSERVICE']._serialized_end=1554
 # @@protoc_insertion_point(module_scope)

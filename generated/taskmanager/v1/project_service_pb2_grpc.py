@@ -62,6 +62,11 @@ class ProjectServiceStub:
                 request_serializer=taskmanager_dot_v1_dot_project__service__pb2.DeleteProjectRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.ListProjectEvents = channel.unary_unary(
+                '/taskmanager.v1.ProjectService/ListProjectEvents',
+                request_serializer=taskmanager_dot_v1_dot_project__service__pb2.ListProjectEventsRequest.SerializeToString,
+                response_deserializer=taskmanager_dot_v1_dot_project__service__pb2.ListProjectEventsResponse.FromString,
+                _registered_method=True)
 
 
 class ProjectServiceServicer:
@@ -83,7 +88,8 @@ class ProjectServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListProjects(self, request, context):
-        """Lists projects by id, a page at a time (AIP-158).
+        """Lists projects by id, a page at a time (AIP-158), optionally only those
+        whose name contains a text.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -98,6 +104,16 @@ class ProjectServiceServicer:
 
     def DeleteProject(self, request, context):
         """Deletes a project. FAILED_PRECONDITION while it still has tasks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListProjectEvents(self, request, context):
+        """Lists the audit trail of one project, oldest first (AIP-158 paging), as
+        ListTaskEvents does for a task. A deleted project's history stays readable
+        (its last event is the delete); NOT_FOUND only for an id with neither a
+        project nor any recorded history.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -130,6 +146,11 @@ def add_ProjectServiceServicer_to_server(servicer, server):
                     servicer.DeleteProject,
                     request_deserializer=taskmanager_dot_v1_dot_project__service__pb2.DeleteProjectRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'ListProjectEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListProjectEvents,
+                    request_deserializer=taskmanager_dot_v1_dot_project__service__pb2.ListProjectEventsRequest.FromString,
+                    response_serializer=taskmanager_dot_v1_dot_project__service__pb2.ListProjectEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -268,6 +289,33 @@ class ProjectService:
             '/taskmanager.v1.ProjectService/DeleteProject',
             taskmanager_dot_v1_dot_project__service__pb2.DeleteProjectRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListProjectEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskmanager.v1.ProjectService/ListProjectEvents',
+            taskmanager_dot_v1_dot_project__service__pb2.ListProjectEventsRequest.SerializeToString,
+            taskmanager_dot_v1_dot_project__service__pb2.ListProjectEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,11 +40,19 @@ class ProjectServiceStub:
     GetProject: _grpc.UnaryUnaryMultiCallable[_project_service_pb2.GetProjectRequest, _resources_pb2.Project]
     """Returns one project. NOT_FOUND if there is no project with that id."""
     ListProjects: _grpc.UnaryUnaryMultiCallable[_project_service_pb2.ListProjectsRequest, _project_service_pb2.ListProjectsResponse]
-    """Lists projects by id, a page at a time (AIP-158)."""
+    """Lists projects by id, a page at a time (AIP-158), optionally only those
+    whose name contains a text.
+    """
     UpdateProject: _grpc.UnaryUnaryMultiCallable[_project_service_pb2.UpdateProjectRequest, _resources_pb2.Project]
     """Changes the fields named in update_mask (AIP-134)."""
     DeleteProject: _grpc.UnaryUnaryMultiCallable[_project_service_pb2.DeleteProjectRequest, _empty_pb2.Empty]
     """Deletes a project. FAILED_PRECONDITION while it still has tasks."""
+    ListProjectEvents: _grpc.UnaryUnaryMultiCallable[_project_service_pb2.ListProjectEventsRequest, _project_service_pb2.ListProjectEventsResponse]
+    """Lists the audit trail of one project, oldest first (AIP-158 paging), as
+    ListTaskEvents does for a task. A deleted project's history stays readable
+    (its last event is the delete); NOT_FOUND only for an id with neither a
+    project nor any recorded history.
+    """
 
 @_typing.type_check_only
 class ProjectServiceAsyncStub(ProjectServiceStub):
@@ -56,11 +64,19 @@ class ProjectServiceAsyncStub(ProjectServiceStub):
     GetProject: _aio.UnaryUnaryMultiCallable[_project_service_pb2.GetProjectRequest, _resources_pb2.Project]  # type: ignore[assignment]
     """Returns one project. NOT_FOUND if there is no project with that id."""
     ListProjects: _aio.UnaryUnaryMultiCallable[_project_service_pb2.ListProjectsRequest, _project_service_pb2.ListProjectsResponse]  # type: ignore[assignment]
-    """Lists projects by id, a page at a time (AIP-158)."""
+    """Lists projects by id, a page at a time (AIP-158), optionally only those
+    whose name contains a text.
+    """
     UpdateProject: _aio.UnaryUnaryMultiCallable[_project_service_pb2.UpdateProjectRequest, _resources_pb2.Project]  # type: ignore[assignment]
     """Changes the fields named in update_mask (AIP-134)."""
     DeleteProject: _aio.UnaryUnaryMultiCallable[_project_service_pb2.DeleteProjectRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """Deletes a project. FAILED_PRECONDITION while it still has tasks."""
+    ListProjectEvents: _aio.UnaryUnaryMultiCallable[_project_service_pb2.ListProjectEventsRequest, _project_service_pb2.ListProjectEventsResponse]  # type: ignore[assignment]
+    """Lists the audit trail of one project, oldest first (AIP-158 paging), as
+    ListTaskEvents does for a task. A deleted project's history stays readable
+    (its last event is the delete); NOT_FOUND only for an id with neither a
+    project nor any recorded history.
+    """
 
 class ProjectServiceServicer(metaclass=_abc_1.ABCMeta):
     """Manages projects, the owners of tasks."""
@@ -87,7 +103,9 @@ class ProjectServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _project_service_pb2.ListProjectsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_project_service_pb2.ListProjectsResponse, _abc.Awaitable[_project_service_pb2.ListProjectsResponse]]:
-        """Lists projects by id, a page at a time (AIP-158)."""
+        """Lists projects by id, a page at a time (AIP-158), optionally only those
+        whose name contains a text.
+        """
 
     @_abc_1.abstractmethod
     def UpdateProject(
@@ -104,5 +122,17 @@ class ProjectServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
         """Deletes a project. FAILED_PRECONDITION while it still has tasks."""
+
+    @_abc_1.abstractmethod
+    def ListProjectEvents(
+        self,
+        request: _project_service_pb2.ListProjectEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_project_service_pb2.ListProjectEventsResponse, _abc.Awaitable[_project_service_pb2.ListProjectEventsResponse]]:
+        """Lists the audit trail of one project, oldest first (AIP-158 paging), as
+        ListTaskEvents does for a task. A deleted project's history stays readable
+        (its last event is the delete); NOT_FOUND only for an id with neither a
+        project nor any recorded history.
+        """
 
 def add_ProjectServiceServicer_to_server(servicer: ProjectServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

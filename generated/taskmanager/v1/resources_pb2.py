@@ -27,7 +27,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etaskmanager/v1/resources.proto\x12\x0etaskmanager.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdc\x04\n\x04Task\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x19\n\nproject_id\x18\x02 \x01(\x03\x42\x05\xe2\x41\x02\x02\x05\x12\x13\n\x05title\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0b\x64\x65scription\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\x30\n\x06status\x18\x05 \x01(\x0e\x32\x1a.taskmanager.v1.TaskStatusB\x04\xe2\x41\x01\x01\x12\x34\n\x08priority\x18\x06 \x01(\x0e\x32\x1c.taskmanager.v1.TaskPriorityB\x04\xe2\x41\x01\x01\x12\x12\n\x04tags\x18\x07 \x03(\tB\x04\xe2\x41\x01\x01\x12\x1e\n\x0b\x61ssignee_id\x18\x08 \x01(\x03\x42\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x12!\n\x0eparent_task_id\x18\t \x01(\x03\x42\x04\xe2\x41\x01\x01H\x01\x88\x01\x01\x12\x35\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12.\n\x08\x61ssignee\x18\x0c \x01(\x0b\x32\x16.taskmanager.v1.WorkerB\x04\xe2\x41\x01\x03\x12,\n\x08subtasks\x18\r \x03(\x0b\x32\x14.taskmanager.v1.TaskB\x04\xe2\x41\x01\x03\x12\x12\n\x04\x65tag\x18\x0e \x01(\tB\x04\xe2\x41\x01\x01\x12\x35\n\x0b\x64\x65lete_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x42\x0e\n\x0c_assignee_idB\x11\n\x0f_parent_task_id\"\xcc\x01\n\x07Project\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x12\n\x04name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0b\x64\x65scription\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x35\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x12\n\x04\x65tag\x18\x06 \x01(\tB\x04\xe2\x41\x01\x01\"\xc5\x01\n\x06Worker\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x12\n\x04name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05\x65mail\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x35\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x12\n\x04\x65tag\x18\x06 \x01(\tB\x04\xe2\x41\x01\x01\"u\n\tTimeRange\x12\x34\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\x12\x32\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\"\xe7\x01\n\nAuditEvent\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x65ntity_type\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x17\n\tentity_id\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x14\n\x06\x61\x63tion\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05\x61\x63tor\x18\x05 \x01(\tB\x04\xe2\x41\x01\x03\x12\x34\n\nevent_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x32\n\x07\x63hanges\x18\x07 \x03(\x0b\x32\x1b.taskmanager.v1.FieldChangeB\x04\xe2\x41\x01\x03\"\x84\x01\n\x0b\x46ieldChange\x12\x13\n\x05\x66ield\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12/\n\told_value\x18\x02 \x01(\x0b\x32\x16.google.protobuf.ValueB\x04\xe2\x41\x01\x03\x12/\n\tnew_value\x18\x03 \x01(\x0b\x32\x16.google.protobuf.ValueB\x04\xe2\x41\x01\x03*\xa9\x01\n\nTaskStatus\x12\x1b\n\x17TASK_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13TASK_STATUS_PENDING\x10\x01\x12\x1b\n\x17TASK_STATUS_IN_PROGRESS\x10\x02\x12\x17\n\x13TASK_STATUS_BLOCKED\x10\x03\x12\x14\n\x10TASK_STATUS_DONE\x10\x04\x12\x19\n\x15TASK_STATUS_CANCELLED\x10\x05*\x90\x01\n\x0cTaskPriority\x12\x1d\n\x19TASK_PRIORITY_UNSPECIFIED\x10\x00\x12\x15\n\x11TASK_PRIORITY_LOW\x10\x01\x12\x18\n\x14TASK_PRIORITY_MEDIUM\x10\x02\x12\x16\n\x12TASK_PRIORITY_HIGH\x10\x03\x12\x18\n\x14TASK_PRIORITY_URGENT\x10\x04*N\n\x08TaskView\x12\x19\n\x15TASK_VIEW_UNSPECIFIED\x10\x00\x12\x13\n\x0fTASK_VIEW_BASIC\x10\x01\x12\x12\n\x0eTASK_VIEW_FULL\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etaskmanager/v1/resources.proto\x12\x0etaskmanager.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9e\x06\n\x04Task\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x19\n\nproject_id\x18\x02 \x01(\x03\x42\x05\xe2\x41\x02\x02\x05\x12\x13\n\x05title\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0b\x64\x65scription\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\x30\n\x06status\x18\x05 \x01(\x0e\x32\x1a.taskmanager.v1.TaskStatusB\x04\xe2\x41\x01\x01\x12\x34\n\x08priority\x18\x06 \x01(\x0e\x32\x1c.taskmanager.v1.TaskPriorityB\x04\xe2\x41\x01\x01\x12\x12\n\x04tags\x18\x07 \x03(\tB\x04\xe2\x41\x01\x01\x12\x1e\n\x0b\x61ssignee_id\x18\x08 \x01(\x03\x42\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x12!\n\x0eparent_task_id\x18\t \x01(\x03\x42\x04\xe2\x41\x01\x01H\x01\x88\x01\x01\x12\x35\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12.\n\x08\x61ssignee\x18\x0c \x01(\x0b\x32\x16.taskmanager.v1.WorkerB\x04\xe2\x41\x01\x03\x12,\n\x08subtasks\x18\r \x03(\x0b\x32\x14.taskmanager.v1.TaskB\x04\xe2\x41\x01\x03\x12\x12\n\x04\x65tag\x18\x0e \x01(\tB\x04\xe2\x41\x01\x01\x12\x35\n\x0b\x64\x65lete_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1e\n\ncreator_id\x18\x10 \x01(\x03\x42\x05\xe2\x41\x02\x01\x05H\x02\x88\x01\x01\x12\x32\n\x08\x64ue_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\x12.\n\x07project\x18\x12 \x01(\x0b\x32\x17.taskmanager.v1.ProjectB\x04\xe2\x41\x01\x03\x12-\n\x07\x63reator\x18\x13 \x01(\x0b\x32\x16.taskmanager.v1.WorkerB\x04\xe2\x41\x01\x03\x42\x0e\n\x0c_assignee_idB\x11\n\x0f_parent_task_idB\r\n\x0b_creator_id\"\x83\x02\n\x07Project\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x12\n\x04name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0b\x64\x65scription\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x35\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x12\n\x04\x65tag\x18\x06 \x01(\tB\x04\xe2\x41\x01\x01\x12\x35\n\x0btask_counts\x18\x07 \x01(\x0b\x32\x1a.taskmanager.v1.TaskCountsB\x04\xe2\x41\x01\x03\"\xfc\x01\n\x06Worker\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x12\n\x04name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05\x65mail\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x35\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x12\n\x04\x65tag\x18\x06 \x01(\tB\x04\xe2\x41\x01\x01\x12\x35\n\x0btask_counts\x18\x07 \x01(\x0b\x32\x1a.taskmanager.v1.TaskCountsB\x04\xe2\x41\x01\x03\"u\n\tTimeRange\x12\x34\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\x12\x32\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\"\xe7\x01\n\nAuditEvent\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x65ntity_type\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x17\n\tentity_id\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x14\n\x06\x61\x63tion\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05\x61\x63tor\x18\x05 \x01(\tB\x04\xe2\x41\x01\x03\x12\x34\n\nevent_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x32\n\x07\x63hanges\x18\x07 \x03(\x0b\x32\x1b.taskmanager.v1.FieldChangeB\x04\xe2\x41\x01\x03\"\x84\x01\n\x0b\x46ieldChange\x12\x13\n\x05\x66ield\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12/\n\told_value\x18\x02 \x01(\x0b\x32\x16.google.protobuf.ValueB\x04\xe2\x41\x01\x03\x12/\n\tnew_value\x18\x03 \x01(\x0b\x32\x16.google.protobuf.ValueB\x04\xe2\x41\x01\x03\"\x82\x01\n\nTaskCounts\x12\x15\n\x07pending\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x19\n\x0bin_progress\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x15\n\x07\x62locked\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x12\n\x04\x64one\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x17\n\tcancelled\x18\x05 \x01(\x03\x42\x04\xe2\x41\x01\x03*\xa9\x01\n\nTaskStatus\x12\x1b\n\x17TASK_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13TASK_STATUS_PENDING\x10\x01\x12\x1b\n\x17TASK_STATUS_IN_PROGRESS\x10\x02\x12\x17\n\x13TASK_STATUS_BLOCKED\x10\x03\x12\x14\n\x10TASK_STATUS_DONE\x10\x04\x12\x19\n\x15TASK_STATUS_CANCELLED\x10\x05*\x90\x01\n\x0cTaskPriority\x12\x1d\n\x19TASK_PRIORITY_UNSPECIFIED\x10\x00\x12\x15\n\x11TASK_PRIORITY_LOW\x10\x01\x12\x18\n\x14TASK_PRIORITY_MEDIUM\x10\x02\x12\x16\n\x12TASK_PRIORITY_HIGH\x10\x03\x12\x18\n\x14TASK_PRIORITY_URGENT\x10\x04*N\n\x08TaskView\x12\x19\n\x15TASK_VIEW_UNSPECIFIED\x10\x00\x12\x13\n\x0fTASK_VIEW_BASIC\x10\x01\x12\x12\n\x0eTASK_VIEW_FULL\x10\x02*Z\n\x0bProjectView\x12\x1c\n\x18PROJECT_VIEW_UNSPECIFIED\x10\x00\x12\x16\n\x12PROJECT_VIEW_BASIC\x10\x01\x12\x15\n\x11PROJECT_VIEW_FULL\x10\x02*V\n\nWorkerView\x12\x1b\n\x17WORKER_VIEW_UNSPECIFIED\x10\x00\x12\x15\n\x11WORKER_VIEW_BASIC\x10\x01\x12\x14\n\x10WORKER_VIEW_FULL\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -64,6 +64,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASK'].fields_by_name['etag']._serialized_options = b'\342A\001\001'
   _globals['_TASK'].fields_by_name['delete_time']._loaded_options = None
   _globals['_TASK'].fields_by_name['delete_time']._serialized_options = b'\342A\001\003'
+  _globals['_TASK'].fields_by_name['creator_id']._loaded_options = None
+  _globals['_TASK'].fields_by_name['creator_id']._serialized_options = b'\342A\002\001\005'
+  _globals['_TASK'].fields_by_name['due_time']._loaded_options = None
+  _globals['_TASK'].fields_by_name['due_time']._serialized_options = b'\342A\001\001'
+  _globals['_TASK'].fields_by_name['project']._loaded_options = None
+  _globals['_TASK'].fields_by_name['project']._serialized_options = b'\342A\001\003'
+  _globals['_TASK'].fields_by_name['creator']._loaded_options = None
+  _globals['_TASK'].fields_by_name['creator']._serialized_options = b'\342A\001\003'
   _globals['_PROJECT'].fields_by_name['id']._loaded_options = None
   _globals['_PROJECT'].fields_by_name['id']._serialized_options = b'\342A\001\003'
   _globals['_PROJECT'].fields_by_name['name']._loaded_options = None
@@ -76,6 +84,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROJECT'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
   _globals['_PROJECT'].fields_by_name['etag']._loaded_options = None
   _globals['_PROJECT'].fields_by_name['etag']._serialized_options = b'\342A\001\001'
+  _globals['_PROJECT'].fields_by_name['task_counts']._loaded_options = None
+  _globals['_PROJECT'].fields_by_name['task_counts']._serialized_options = b'\342A\001\003'
   _globals['_WORKER'].fields_by_name['id']._loaded_options = None
   _globals['_WORKER'].fields_by_name['id']._serialized_options = b'\342A\001\003'
   _globals['_WORKER'].fields_by_name['name']._loaded_options = None
@@ -88,6 +98,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WORKER'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
   _globals['_WORKER'].fields_by_name['etag']._loaded_options = None
   _globals['_WORKER'].fields_by_name['etag']._serialized_options = b'\342A\001\001'
+  _globals['_WORKER'].fields_by_name['task_counts']._loaded_options = None
+  _globals['_WORKER'].fields_by_name['task_counts']._serialized_options = b'\342A\001\003'
   _globals['_TIMERANGE'].fields_by_name['start_time']._loaded_options = None
   _globals['_TIMERANGE'].fields_by_name['start_time']._serialized_options = b'\342A\001\001'
   _globals['_TIMERANGE'].fields_by_name['end_time']._loaded_options = None
@@ -112,22 +124,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FIELDCHANGE'].fields_by_name['old_value']._serialized_options = b'\342A\001\003'
   _globals['_FIELDCHANGE'].fields_by_name['new_value']._loaded_options = None
   _globals['_FIELDCHANGE'].fields_by_name['new_value']._serialized_options = b'\342A\001\003'
-  _globals['_TASKSTATUS']._serialized_start=1649
-  _globals['_TASKSTATUS']._serialized_end=1818
-  _globals['_TASKPRIORITY']._serialized_start=1821
-  _globals['_TASKPRIORITY']._serialized_end=1965
-  _globals['_TASKVIEW']._serialized_start=1967
-  _globals['_TASKVIEW']._serialized_end=2045
+  _globals['_TASKCOUNTS'].fields_by_name['pending']._loaded_options = None
+  _globals['_TASKCOUNTS'].fields_by_name['pending']._serialized_options = b'\342A\001\003'
+  _globals['_TASKCOUNTS'].fields_by_name['in_progress']._loaded_options = None
+  _globals['_TASKCOUNTS'].fields_by_name['in_progress']._serialized_options = b'\342A\001\003'
+  _globals['_TASKCOUNTS'].fields_by_name['blocked']._loaded_options = None
+  _globals['_TASKCOUNTS'].fields_by_name['blocked']._serialized_options = b'\342A\001\003'
+  _globals['_TASKCOUNTS'].fields_by_name['done']._loaded_options = None
+  _globals['_TASKCOUNTS'].fields_by_name['done']._serialized_options = b'\342A\001\003'
+  _globals['_TASKCOUNTS'].fields_by_name['cancelled']._loaded_options = None
+  _globals['_TASKCOUNTS'].fields_by_name['cancelled']._serialized_options = b'\342A\001\003'
+  _globals['_TASKSTATUS']._serialized_start=2086
+  _globals['_TASKSTATUS']._serialized_end=2255
+  _globals['_TASKPRIORITY']._serialized_start=2258
+  _globals['_TASKPRIORITY']._serialized_end=2402
+  _globals['_TASKVIEW']._serialized_start=2404
+  _globals['_TASKVIEW']._serialized_end=2482
+  _globals['_PROJECTVIEW']._serialized_start=2484
+  _globals['_PROJECTVIEW']._serialized_end=2574
+  _globals['_WORKERVIEW']._serialized_start=2576
+  _globals['_WORKERVIEW']._serialized_end=2662
   _globals['_TASK']._serialized_start=147
-  _globals['_TASK']._serialized_end=751
-  _globals['_PROJECT']._serialized_start=754
-  _globals['_PROJECT']._serialized_end=958
-  _globals['_WORKER']._serialized_start=961
-  _globals['_WORKER']._serialized_end=1158
-  _globals['_TIMERANGE']._serialized_start=1160
-  _globals['_TIMERANGE']._serialized_end=1277
-  _globals['_AUDITEVENT']._serialized_start=1280
-  _globals['_AUDITEVENT']._serialized_end=1511
-  _globals['_FIELDCHANGE']._serialized_start=1514
-  _globals['_FIELDCHANGE']._serialized_end=1646
+  _globals['_TASK']._serialized_end=945
+  _globals['_PROJECT']._serialized_start=948
+  _globals['_PROJECT']._serialized_end=1207
+  _globals['_WORKER']._serialized_start=1210
+  _globals['_WORKER']._serialized_end=1462
+  _globals['_TIMERANGE']._serialized_start=1464
+  _globals['_TIMERANGE']._serialized_end=1581
+  _globals['_AUDITEVENT']._serialized_start=1584
+  _globals['_AUDITEVENT']._serialized_end=1815
+  _globals['_FIELDCHANGE']._serialized_start=1818
+  _globals['_FIELDCHANGE']._serialized_end=1950
+  _globals['_TASKCOUNTS']._serialized_start=1953
+  _globals['_TASKCOUNTS']._serialized_end=2083
 # @@protoc_insertion_point(module_scope)

@@ -102,10 +102,13 @@ class _TaskViewEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskView.Val
     TASK_VIEW_UNSPECIFIED: _TaskView.ValueType  # 0
     """Same as TASK_VIEW_BASIC."""
     TASK_VIEW_BASIC: _TaskView.ValueType  # 1
-    """The task's own fields only (`assignee` and `subtasks` stay empty)."""
+    """The task's own fields only (`assignee`, `subtasks`, `project` and
+    `creator` stay empty).
+    """
     TASK_VIEW_FULL: _TaskView.ValueType  # 2
-    """Also the assigned `Worker` and the direct (one level) subtasks, loaded
-    in a fixed number of queries however many subtasks there are.
+    """Also the owning `Project`, the assigned and the creating `Worker` and the
+    direct (one level) subtasks, loaded in a fixed number of queries per
+    request or page however many tasks and subtasks there are.
     """
 
 class TaskView(_TaskView, metaclass=_TaskViewEnumTypeWrapper):
@@ -114,12 +117,71 @@ class TaskView(_TaskView, metaclass=_TaskViewEnumTypeWrapper):
 TASK_VIEW_UNSPECIFIED: TaskView.ValueType  # 0
 """Same as TASK_VIEW_BASIC."""
 TASK_VIEW_BASIC: TaskView.ValueType  # 1
-"""The task's own fields only (`assignee` and `subtasks` stay empty)."""
+"""The task's own fields only (`assignee`, `subtasks`, `project` and
+`creator` stay empty).
+"""
 TASK_VIEW_FULL: TaskView.ValueType  # 2
-"""Also the assigned `Worker` and the direct (one level) subtasks, loaded
-in a fixed number of queries however many subtasks there are.
+"""Also the owning `Project`, the assigned and the creating `Worker` and the
+direct (one level) subtasks, loaded in a fixed number of queries per
+request or page however many tasks and subtasks there are.
 """
 Global___TaskView: _TypeAlias = TaskView  # noqa: Y015
+
+class _ProjectView:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ProjectViewEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ProjectView.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PROJECT_VIEW_UNSPECIFIED: _ProjectView.ValueType  # 0
+    """Same as PROJECT_VIEW_BASIC."""
+    PROJECT_VIEW_BASIC: _ProjectView.ValueType  # 1
+    """The project's own fields only (`task_counts` stays empty)."""
+    PROJECT_VIEW_FULL: _ProjectView.ValueType  # 2
+    """Also `task_counts`, computed in one more query per request or page
+    however many projects it holds.
+    """
+
+class ProjectView(_ProjectView, metaclass=_ProjectViewEnumTypeWrapper):
+    """How much of a project a read returns."""
+
+PROJECT_VIEW_UNSPECIFIED: ProjectView.ValueType  # 0
+"""Same as PROJECT_VIEW_BASIC."""
+PROJECT_VIEW_BASIC: ProjectView.ValueType  # 1
+"""The project's own fields only (`task_counts` stays empty)."""
+PROJECT_VIEW_FULL: ProjectView.ValueType  # 2
+"""Also `task_counts`, computed in one more query per request or page
+however many projects it holds.
+"""
+Global___ProjectView: _TypeAlias = ProjectView  # noqa: Y015
+
+class _WorkerView:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _WorkerViewEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WorkerView.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    WORKER_VIEW_UNSPECIFIED: _WorkerView.ValueType  # 0
+    """Same as WORKER_VIEW_BASIC."""
+    WORKER_VIEW_BASIC: _WorkerView.ValueType  # 1
+    """The worker's own fields only (`task_counts` stays empty)."""
+    WORKER_VIEW_FULL: _WorkerView.ValueType  # 2
+    """Also `task_counts`, computed in one more query per request or page
+    however many workers it holds.
+    """
+
+class WorkerView(_WorkerView, metaclass=_WorkerViewEnumTypeWrapper):
+    """How much of a worker a read returns."""
+
+WORKER_VIEW_UNSPECIFIED: WorkerView.ValueType  # 0
+"""Same as WORKER_VIEW_BASIC."""
+WORKER_VIEW_BASIC: WorkerView.ValueType  # 1
+"""The worker's own fields only (`task_counts` stays empty)."""
+WORKER_VIEW_FULL: WorkerView.ValueType  # 2
+"""Also `task_counts`, computed in one more query per request or page
+however many workers it holds.
+"""
+Global___WorkerView: _TypeAlias = WorkerView  # noqa: Y015
 
 @_typing.final
 class Task(_message.Message):
@@ -142,6 +204,10 @@ class Task(_message.Message):
     SUBTASKS_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
     DELETE_TIME_FIELD_NUMBER: _builtins.int
+    CREATOR_ID_FIELD_NUMBER: _builtins.int
+    DUE_TIME_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    CREATOR_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Server-assigned identifier, positive."""
     project_id: _builtins.int
@@ -166,6 +232,12 @@ class Task(_message.Message):
     """Version tag (AIP-154), changed by every write. Send it back in an update
     (or delete request) to make the write conditional: a stale etag is
     ABORTED. Leave it empty for last-write-wins.
+    """
+    creator_id: _builtins.int
+    """The worker who created the task: set on create (it must name an existing
+    worker, else FAILED_PRECONDITION), immutable afterwards (an update that
+    changes it is INVALID_ARGUMENT); unset means not recorded. Cleared when
+    that worker is deleted.
     """
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -196,6 +268,25 @@ class Task(_message.Message):
         restored with UndeleteTask, and are purged 30 days after deletion.
         """
 
+    @_builtins.property
+    def due_time(self) -> _timestamp_pb2.Timestamp:
+        """When the task is due (UTC, kept to the microsecond); unset means no due
+        time. An update that masks it without setting it clears it. A task is
+        overdue once this has passed while it is neither DONE nor CANCELLED.
+        """
+
+    @_builtins.property
+    def project(self) -> Global___Project:
+        """The project that owns the task (BASIC view of the project: no task
+        counts); only filled with TASK_VIEW_FULL.
+        """
+
+    @_builtins.property
+    def creator(self) -> Global___Worker:
+        """The worker who created the task, if recorded; only filled with
+        TASK_VIEW_FULL.
+        """
+
     def __init__(
         self,
         *,
@@ -214,17 +305,25 @@ class Task(_message.Message):
         subtasks: _abc.Iterable[Global___Task] | None = ...,
         etag: _builtins.str = ...,
         delete_time: _timestamp_pb2.Timestamp | None = ...,
+        creator_id: _builtins.int | None = ...,
+        due_time: _timestamp_pb2.Timestamp | None = ...,
+        project: Global___Project | None = ...,
+        creator: Global___Worker | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_parent_task_id", b"_parent_task_id", "assignee", b"assignee", "assignee_id", b"assignee_id", "create_time", b"create_time", "delete_time", b"delete_time", "parent_task_id", b"parent_task_id", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_creator_id", b"_creator_id", "_parent_task_id", b"_parent_task_id", "assignee", b"assignee", "assignee_id", b"assignee_id", "create_time", b"create_time", "creator", b"creator", "creator_id", b"creator_id", "delete_time", b"delete_time", "due_time", b"due_time", "parent_task_id", b"parent_task_id", "project", b"project", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_parent_task_id", b"_parent_task_id", "assignee", b"assignee", "assignee_id", b"assignee_id", "create_time", b"create_time", "delete_time", b"delete_time", "description", b"description", "etag", b"etag", "id", b"id", "parent_task_id", b"parent_task_id", "priority", b"priority", "project_id", b"project_id", "status", b"status", "subtasks", b"subtasks", "tags", b"tags", "title", b"title", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_creator_id", b"_creator_id", "_parent_task_id", b"_parent_task_id", "assignee", b"assignee", "assignee_id", b"assignee_id", "create_time", b"create_time", "creator", b"creator", "creator_id", b"creator_id", "delete_time", b"delete_time", "description", b"description", "due_time", b"due_time", "etag", b"etag", "id", b"id", "parent_task_id", b"parent_task_id", "priority", b"priority", "project", b"project", "project_id", b"project_id", "status", b"status", "subtasks", b"subtasks", "tags", b"tags", "title", b"title", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__assignee_id: _TypeAlias = _typing.Literal["assignee_id"]  # noqa: Y015
     _WhichOneofArgType__assignee_id: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id"]  # noqa: Y015
+    _WhichOneofReturnType__creator_id: _TypeAlias = _typing.Literal["creator_id"]  # noqa: Y015
+    _WhichOneofArgType__creator_id: _TypeAlias = _typing.Literal["_creator_id", b"_creator_id"]  # noqa: Y015
     _WhichOneofReturnType__parent_task_id: _TypeAlias = _typing.Literal["parent_task_id"]  # noqa: Y015
     _WhichOneofArgType__parent_task_id: _TypeAlias = _typing.Literal["_parent_task_id", b"_parent_task_id"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__assignee_id) -> _WhichOneofReturnType__assignee_id | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__creator_id) -> _WhichOneofReturnType__creator_id | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__parent_task_id) -> _WhichOneofReturnType__parent_task_id | None: ...
 
@@ -242,6 +341,7 @@ class Project(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    TASK_COUNTS_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Server-assigned identifier, positive."""
     name: _builtins.str
@@ -261,6 +361,12 @@ class Project(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When the project was last changed (UTC)."""
 
+    @_builtins.property
+    def task_counts(self) -> Global___TaskCounts:
+        """The project's live (not soft-deleted) tasks by status; only filled with
+        PROJECT_VIEW_FULL.
+        """
+
     def __init__(
         self,
         *,
@@ -270,10 +376,11 @@ class Project(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
+        task_counts: Global___TaskCounts | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "task_counts", b"task_counts", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "etag", b"etag", "id", b"id", "name", b"name", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "etag", b"etag", "id", b"id", "name", b"name", "task_counts", b"task_counts", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -291,6 +398,7 @@ class Worker(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    TASK_COUNTS_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Server-assigned identifier, positive."""
     name: _builtins.str
@@ -310,6 +418,12 @@ class Worker(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When the worker was last changed (UTC)."""
 
+    @_builtins.property
+    def task_counts(self) -> Global___TaskCounts:
+        """The live (not soft-deleted) tasks assigned to the worker, by status; only
+        filled with WORKER_VIEW_FULL.
+        """
+
     def __init__(
         self,
         *,
@@ -319,10 +433,11 @@ class Worker(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
+        task_counts: Global___TaskCounts | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "task_counts", b"task_counts", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "email", b"email", "etag", b"etag", "id", b"id", "name", b"name", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "email", b"email", "etag", b"etag", "id", b"id", "name", b"name", "task_counts", b"task_counts", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -414,7 +529,12 @@ Global___AuditEvent: _TypeAlias = AuditEvent  # noqa: Y015
 
 @_typing.final
 class FieldChange(_message.Message):
-    """One field's change inside an AuditEvent."""
+    """One field's change inside an AuditEvent. Values are in the terms of the
+    API, as a client sends and receives them: enum fields by their names
+    (`TASK_STATUS_DONE`, `TASK_PRIORITY_HIGH`), timestamps as RFC 3339 strings
+    in UTC (`2026-01-02T03:04:05.000006Z`), ids as numbers, tags as lists;
+    events recorded before this was so read the same.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -445,3 +565,43 @@ class FieldChange(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FieldChange: _TypeAlias = FieldChange  # noqa: Y015
+
+@_typing.final
+class TaskCounts(_message.Message):
+    """How many live (not soft-deleted) tasks are in each status. Open work is
+    pending + in_progress + blocked.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PENDING_FIELD_NUMBER: _builtins.int
+    IN_PROGRESS_FIELD_NUMBER: _builtins.int
+    BLOCKED_FIELD_NUMBER: _builtins.int
+    DONE_FIELD_NUMBER: _builtins.int
+    CANCELLED_FIELD_NUMBER: _builtins.int
+    pending: _builtins.int
+    """Tasks in TASK_STATUS_PENDING."""
+    in_progress: _builtins.int
+    """Tasks in TASK_STATUS_IN_PROGRESS."""
+    blocked: _builtins.int
+    """Tasks in TASK_STATUS_BLOCKED."""
+    done: _builtins.int
+    """Tasks in TASK_STATUS_DONE."""
+    cancelled: _builtins.int
+    """Tasks in TASK_STATUS_CANCELLED."""
+    def __init__(
+        self,
+        *,
+        pending: _builtins.int = ...,
+        in_progress: _builtins.int = ...,
+        blocked: _builtins.int = ...,
+        done: _builtins.int = ...,
+        cancelled: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocked", b"blocked", "cancelled", b"cancelled", "done", b"done", "in_progress", b"in_progress", "pending", b"pending"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaskCounts: _TypeAlias = TaskCounts  # noqa: Y015

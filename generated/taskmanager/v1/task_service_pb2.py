@@ -27,7 +27,7 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from taskmanager.v1 import resources_pb2 as taskmanager_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!taskmanager/v1/task_service.proto\x12\x0etaskmanager.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a google/protobuf/field_mask.proto\x1a\x1etaskmanager/v1/resources.proto\"\x95\x01\n\x11\x43reateTaskRequest\x12(\n\x04task\x18\x01 \x01(\x0b\x32\x14.taskmanager.v1.TaskB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12%\n\x12\x62\x61tch_parent_index\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x42\x15\n\x13_batch_parent_index\"P\n\x0eGetTaskRequest\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12,\n\x04view\x18\x02 \x01(\x0e\x32\x18.taskmanager.v1.TaskViewB\x04\xe2\x41\x01\x01\"\xe9\x04\n\x10ListTasksRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x18\n\nproject_id\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x01\x12\x32\n\x08statuses\x18\x04 \x03(\x0e\x32\x1a.taskmanager.v1.TaskStatusB\x04\xe2\x41\x01\x01\x12\x36\n\npriorities\x18\x05 \x03(\x0e\x32\x1c.taskmanager.v1.TaskPriorityB\x04\xe2\x41\x01\x01\x12\x1e\n\x0b\x61ssignee_id\x18\x06 \x01(\x03\x42\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x12\x18\n\nunassigned\x18\x07 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12!\n\x0eparent_task_id\x18\x08 \x01(\x03\x42\x04\xe2\x41\x01\x01H\x01\x88\x01\x01\x12\x1c\n\x0etop_level_only\x18\t \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x12\n\x04tags\x18\n \x03(\tB\x04\xe2\x41\x01\x01\x12\x1c\n\x0etitle_contains\x18\x0b \x01(\tB\x04\xe2\x41\x01\x01\x12\x34\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x19.taskmanager.v1.TimeRangeB\x04\xe2\x41\x01\x01\x12\x34\n\x0bupdate_time\x18\r \x01(\x0b\x32\x19.taskmanager.v1.TimeRangeB\x04\xe2\x41\x01\x01\x12\x16\n\x08order_by\x18\x0e \x01(\tB\x04\xe2\x41\x01\x01\x12,\n\x04view\x18\x0f \x01(\x0e\x32\x18.taskmanager.v1.TaskViewB\x04\xe2\x41\x01\x01\x12\x1a\n\x0cshow_deleted\x18\x10 \x01(\x08\x42\x04\xe2\x41\x01\x01\x42\x0e\n\x0c_assignee_idB\x11\n\x0f_parent_task_id\"Q\n\x11ListTasksResponse\x12#\n\x05tasks\x18\x01 \x03(\x0b\x32\x14.taskmanager.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xee\x04\n\x12StreamTasksRequest\x12\x18\n\nproject_id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x01\x12\x32\n\x08statuses\x18\x02 \x03(\x0e\x32\x1a.taskmanager.v1.TaskStatusB\x04\xe2\x41\x01\x01\x12\x36\n\npriorities\x18\x03 \x03(\x0e\x32\x1c.taskmanager.v1.TaskPriorityB\x04\xe2\x41\x01\x01\x12\x1e\n\x0b\x61ssignee_id\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x12\x18\n\nunassigned\x18\x05 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12!\n\x0eparent_task_id\x18\x06 \x01(\x03\x42\x04\xe2\x41\x01\x01H\x01\x88\x01\x01\x12\x1c\n\x0etop_level_only\x18\x07 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x12\n\x04tags\x18\x08 \x03(\tB\x04\xe2\x41\x01\x01\x12\x1c\n\x0etitle_contains\x18\t \x01(\tB\x04\xe2\x41\x01\x01\x12\x34\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x19.taskmanager.v1.TimeRangeB\x04\xe2\x41\x01\x01\x12\x34\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x19.taskmanager.v1.TimeRangeB\x04\xe2\x41\x01\x01\x12\x16\n\x08order_by\x18\x0c \x01(\tB\x04\xe2\x41\x01\x01\x12,\n\x04view\x18\r \x01(\x0e\x32\x18.taskmanager.v1.TaskViewB\x04\xe2\x41\x01\x01\x12\x18\n\nbatch_size\x18\x0e \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x1a\n\x0cresume_token\x18\x0f \x01(\tB\x04\xe2\x41\x01\x01\x12\x1a\n\x0cshow_deleted\x18\x10 \x01(\x08\x42\x04\xe2\x41\x01\x01\x42\x0e\n\x0c_assignee_idB\x11\n\x0f_parent_task_id\"P\n\x13StreamTasksResponse\x12#\n\x05tasks\x18\x01 \x03(\x0b\x32\x14.taskmanager.v1.Task\x12\x14\n\x0cresume_token\x18\x02 \x01(\t\"t\n\x11UpdateTaskRequest\x12(\n\x04task\x18\x01 \x01(\x0b\x32\x14.taskmanager.v1.TaskB\x04\xe2\x41\x01\x02\x12\x35\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x01\"N\n\x11\x44\x65leteTaskRequest\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12\x12\n\x04\x65tag\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x13\n\x05\x66orce\x18\x03 \x01(\x08\x42\x04\xe2\x41\x01\x01\";\n\x13UndeleteTaskRequest\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12\x12\n\x04\x65tag\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"n\n\x17\x42\x61tchCreateTasksRequest\x12\x39\n\x08requests\x18\x01 \x03(\x0b\x32!.taskmanager.v1.CreateTaskRequestB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"?\n\x18\x42\x61tchCreateTasksResponse\x12#\n\x05tasks\x18\x01 \x03(\x0b\x32\x14.taskmanager.v1.Task\"a\n\x15ListTaskEventsRequest\x12\x15\n\x07task_id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12\x17\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"]\n\x16ListTaskEventsResponse\x12*\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1a.taskmanager.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xe2\x05\n\x0bTaskService\x12\x45\n\nCreateTask\x12!.taskmanager.v1.CreateTaskRequest\x1a\x14.taskmanager.v1.Task\x12?\n\x07GetTask\x12\x1e.taskmanager.v1.GetTaskRequest\x1a\x14.taskmanager.v1.Task\x12P\n\tListTasks\x12 .taskmanager.v1.ListTasksRequest\x1a!.taskmanager.v1.ListTasksResponse\x12X\n\x0bStreamTasks\x12\".taskmanager.v1.StreamTasksRequest\x1a#.taskmanager.v1.StreamTasksResponse0\x01\x12\x45\n\nUpdateTask\x12!.taskmanager.v1.UpdateTaskRequest\x1a\x14.taskmanager.v1.Task\x12\x45\n\nDeleteTask\x12!.taskmanager.v1.DeleteTaskRequest\x1a\x14.taskmanager.v1.Task\x12I\n\x0cUndeleteTask\x12#.taskmanager.v1.UndeleteTaskRequest\x1a\x14.taskmanager.v1.Task\x12\x65\n\x10\x42\x61tchCreateTasks\x12\'.taskmanager.v1.BatchCreateTasksRequest\x1a(.taskmanager.v1.BatchCreateTasksResponse\x12_\n\x0eListTaskEvents\x12%.taskmanager.v1.ListTaskEventsRequest\x1a&.taskmanager.v1.ListTaskEventsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!taskmanager/v1/task_service.proto\x12\x0etaskmanager.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a google/protobuf/field_mask.proto\x1a\x1etaskmanager/v1/resources.proto\"\x95\x01\n\x11\x43reateTaskRequest\x12(\n\x04task\x18\x01 \x01(\x0b\x32\x14.taskmanager.v1.TaskB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12%\n\x12\x62\x61tch_parent_index\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x42\x15\n\x13_batch_parent_index\"P\n\x0eGetTaskRequest\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12,\n\x04view\x18\x02 \x01(\x0e\x32\x18.taskmanager.v1.TaskViewB\x04\xe2\x41\x01\x01\"\xe1\x05\n\x10ListTasksRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x18\n\nproject_id\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x01\x12\x32\n\x08statuses\x18\x04 \x03(\x0e\x32\x1a.taskmanager.v1.TaskStatusB\x04\xe2\x41\x01\x01\x12\x36\n\npriorities\x18\x05 \x03(\x0e\x32\x1c.taskmanager.v1.TaskPriorityB\x04\xe2\x41\x01\x01\x12\x1e\n\x0b\x61ssignee_id\x18\x06 \x01(\x03\x42\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x12\x18\n\nunassigned\x18\x07 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12!\n\x0eparent_task_id\x18\x08 \x01(\x03\x42\x04\xe2\x41\x01\x01H\x01\x88\x01\x01\x12\x1c\n\x0etop_level_only\x18\t \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x12\n\x04tags\x18\n \x03(\tB\x04\xe2\x41\x01\x01\x12\x1c\n\x0etitle_contains\x18\x0b \x01(\tB\x04\xe2\x41\x01\x01\x12\x34\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x19.taskmanager.v1.TimeRangeB\x04\xe2\x41\x01\x01\x12\x34\n\x0bupdate_time\x18\r \x01(\x0b\x32\x19.taskmanager.v1.TimeRangeB\x04\xe2\x41\x01\x01\x12\x16\n\x08order_by\x18\x0e \x01(\tB\x04\xe2\x41\x01\x01\x12,\n\x04view\x18\x0f \x01(\x0e\x32\x18.taskmanager.v1.TaskViewB\x04\xe2\x41\x01\x01\x12\x1a\n\x0cshow_deleted\x18\x10 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x1d\n\ncreator_id\x18\x11 \x01(\x03\x42\x04\xe2\x41\x01\x01H\x02\x88\x01\x01\x12\x31\n\x08\x64ue_time\x18\x12 \x01(\x0b\x32\x19.taskmanager.v1.TimeRangeB\x04\xe2\x41\x01\x01\x12\x15\n\x07overdue\x18\x13 \x01(\x08\x42\x04\xe2\x41\x01\x01\x42\x0e\n\x0c_assignee_idB\x11\n\x0f_parent_task_idB\r\n\x0b_creator_id\"Q\n\x11ListTasksResponse\x12#\n\x05tasks\x18\x01 \x03(\x0b\x32\x14.taskmanager.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xe6\x05\n\x12StreamTasksRequest\x12\x18\n\nproject_id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x01\x12\x32\n\x08statuses\x18\x02 \x03(\x0e\x32\x1a.taskmanager.v1.TaskStatusB\x04\xe2\x41\x01\x01\x12\x36\n\npriorities\x18\x03 \x03(\x0e\x32\x1c.taskmanager.v1.TaskPriorityB\x04\xe2\x41\x01\x01\x12\x1e\n\x0b\x61ssignee_id\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x12\x18\n\nunassigned\x18\x05 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12!\n\x0eparent_task_id\x18\x06 \x01(\x03\x42\x04\xe2\x41\x01\x01H\x01\x88\x01\x01\x12\x1c\n\x0etop_level_only\x18\x07 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x12\n\x04tags\x18\x08 \x03(\tB\x04\xe2\x41\x01\x01\x12\x1c\n\x0etitle_contains\x18\t \x01(\tB\x04\xe2\x41\x01\x01\x12\x34\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x19.taskmanager.v1.TimeRangeB\x04\xe2\x41\x01\x01\x12\x34\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x19.taskmanager.v1.TimeRangeB\x04\xe2\x41\x01\x01\x12\x16\n\x08order_by\x18\x0c \x01(\tB\x04\xe2\x41\x01\x01\x12,\n\x04view\x18\r \x01(\x0e\x32\x18.taskmanager.v1.TaskViewB\x04\xe2\x41\x01\x01\x12\x18\n\nbatch_size\x18\x0e \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x1a\n\x0cresume_token\x18\x0f \x01(\tB\x04\xe2\x41\x01\x01\x12\x1a\n\x0cshow_deleted\x18\x10 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x1d\n\ncreator_id\x18\x11 \x01(\x03\x42\x04\xe2\x41\x01\x01H\x02\x88\x01\x01\x12\x31\n\x08\x64ue_time\x18\x12 \x01(\x0b\x32\x19.taskmanager.v1.TimeRangeB\x04\xe2\x41\x01\x01\x12\x15\n\x07overdue\x18\x13 \x01(\x08\x42\x04\xe2\x41\x01\x01\x42\x0e\n\x0c_assignee_idB\x11\n\x0f_parent_task_idB\r\n\x0b_creator_id\"P\n\x13StreamTasksResponse\x12#\n\x05tasks\x18\x01 \x03(\x0b\x32\x14.taskmanager.v1.Task\x12\x14\n\x0cresume_token\x18\x02 \x01(\t\"t\n\x11UpdateTaskRequest\x12(\n\x04task\x18\x01 \x01(\x0b\x32\x14.taskmanager.v1.TaskB\x04\xe2\x41\x01\x02\x12\x35\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x01\"N\n\x11\x44\x65leteTaskRequest\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12\x12\n\x04\x65tag\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x13\n\x05\x66orce\x18\x03 \x01(\x08\x42\x04\xe2\x41\x01\x01\";\n\x13UndeleteTaskRequest\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12\x12\n\x04\x65tag\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"n\n\x17\x42\x61tchCreateTasksRequest\x12\x39\n\x08requests\x18\x01 \x03(\x0b\x32!.taskmanager.v1.CreateTaskRequestB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"?\n\x18\x42\x61tchCreateTasksResponse\x12#\n\x05tasks\x18\x01 \x03(\x0b\x32\x14.taskmanager.v1.Task\"a\n\x15ListTaskEventsRequest\x12\x15\n\x07task_id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12\x17\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"]\n\x16ListTaskEventsResponse\x12*\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1a.taskmanager.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"W\n\x14\x42\x61tchGetTasksRequest\x12\x11\n\x03ids\x18\x01 \x03(\x03\x42\x04\xe2\x41\x01\x02\x12,\n\x04view\x18\x02 \x01(\x0e\x32\x18.taskmanager.v1.TaskViewB\x04\xe2\x41\x01\x01\"<\n\x15\x42\x61tchGetTasksResponse\x12#\n\x05tasks\x18\x01 \x03(\x0b\x32\x14.taskmanager.v1.Task2\xc0\x06\n\x0bTaskService\x12\x45\n\nCreateTask\x12!.taskmanager.v1.CreateTaskRequest\x1a\x14.taskmanager.v1.Task\x12?\n\x07GetTask\x12\x1e.taskmanager.v1.GetTaskRequest\x1a\x14.taskmanager.v1.Task\x12P\n\tListTasks\x12 .taskmanager.v1.ListTasksRequest\x1a!.taskmanager.v1.ListTasksResponse\x12X\n\x0bStreamTasks\x12\".taskmanager.v1.StreamTasksRequest\x1a#.taskmanager.v1.StreamTasksResponse0\x01\x12\x45\n\nUpdateTask\x12!.taskmanager.v1.UpdateTaskRequest\x1a\x14.taskmanager.v1.Task\x12\x45\n\nDeleteTask\x12!.taskmanager.v1.DeleteTaskRequest\x1a\x14.taskmanager.v1.Task\x12I\n\x0cUndeleteTask\x12#.taskmanager.v1.UndeleteTaskRequest\x1a\x14.taskmanager.v1.Task\x12\x65\n\x10\x42\x61tchCreateTasks\x12\'.taskmanager.v1.BatchCreateTasksRequest\x1a(.taskmanager.v1.BatchCreateTasksResponse\x12_\n\x0eListTaskEvents\x12%.taskmanager.v1.ListTaskEventsRequest\x1a&.taskmanager.v1.ListTaskEventsResponse\x12\\\n\rBatchGetTasks\x12$.taskmanager.v1.BatchGetTasksRequest\x1a%.taskmanager.v1.BatchGetTasksResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -76,6 +76,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTTASKSREQUEST'].fields_by_name['view']._serialized_options = b'\342A\001\001'
   _globals['_LISTTASKSREQUEST'].fields_by_name['show_deleted']._loaded_options = None
   _globals['_LISTTASKSREQUEST'].fields_by_name['show_deleted']._serialized_options = b'\342A\001\001'
+  _globals['_LISTTASKSREQUEST'].fields_by_name['creator_id']._loaded_options = None
+  _globals['_LISTTASKSREQUEST'].fields_by_name['creator_id']._serialized_options = b'\342A\001\001'
+  _globals['_LISTTASKSREQUEST'].fields_by_name['due_time']._loaded_options = None
+  _globals['_LISTTASKSREQUEST'].fields_by_name['due_time']._serialized_options = b'\342A\001\001'
+  _globals['_LISTTASKSREQUEST'].fields_by_name['overdue']._loaded_options = None
+  _globals['_LISTTASKSREQUEST'].fields_by_name['overdue']._serialized_options = b'\342A\001\001'
   _globals['_STREAMTASKSREQUEST'].fields_by_name['project_id']._loaded_options = None
   _globals['_STREAMTASKSREQUEST'].fields_by_name['project_id']._serialized_options = b'\342A\001\001'
   _globals['_STREAMTASKSREQUEST'].fields_by_name['statuses']._loaded_options = None
@@ -108,6 +114,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STREAMTASKSREQUEST'].fields_by_name['resume_token']._serialized_options = b'\342A\001\001'
   _globals['_STREAMTASKSREQUEST'].fields_by_name['show_deleted']._loaded_options = None
   _globals['_STREAMTASKSREQUEST'].fields_by_name['show_deleted']._serialized_options = b'\342A\001\001'
+  _globals['_STREAMTASKSREQUEST'].fields_by_name['creator_id']._loaded_options = None
+  _globals['_STREAMTASKSREQUEST'].fields_by_name['creator_id']._serialized_options = b'\342A\001\001'
+  _globals['_STREAMTASKSREQUEST'].fields_by_name['due_time']._loaded_options = None
+  _globals['_STREAMTASKSREQUEST'].fields_by_name['due_time']._serialized_options = b'\342A\001\001'
+  _globals['_STREAMTASKSREQUEST'].fields_by_name['overdue']._loaded_options = None
+  _globals['_STREAMTASKSREQUEST'].fields_by_name['overdue']._serialized_options = b'\342A\001\001'
   _globals['_UPDATETASKREQUEST'].fields_by_name['task']._loaded_options = None
   _globals['_UPDATETASKREQUEST'].fields_by_name['task']._serialized_options = b'\342A\001\002'
   _globals['_UPDATETASKREQUEST'].fields_by_name['update_mask']._loaded_options = None
@@ -132,32 +144,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTTASKEVENTSREQUEST'].fields_by_name['page_size']._serialized_options = b'\342A\001\001'
   _globals['_LISTTASKEVENTSREQUEST'].fields_by_name['page_token']._loaded_options = None
   _globals['_LISTTASKEVENTSREQUEST'].fields_by_name['page_token']._serialized_options = b'\342A\001\001'
+  _globals['_BATCHGETTASKSREQUEST'].fields_by_name['ids']._loaded_options = None
+  _globals['_BATCHGETTASKSREQUEST'].fields_by_name['ids']._serialized_options = b'\342A\001\002'
+  _globals['_BATCHGETTASKSREQUEST'].fields_by_name['view']._loaded_options = None
+  _globals['_BATCHGETTASKSREQUEST'].fields_by_name['view']._serialized_options = b'\342A\001\001'
   _globals['_CREATETASKREQUEST']._serialized_start=153
   _globals['_CREATETASKREQUEST']._serialized_end=302
   _globals['_GETTASKREQUEST']._serialized_start=304
   _globals['_GETTASKREQUEST']._serialized_end=384
   _globals['_LISTTASKSREQUEST']._serialized_start=387
-  _globals['_LISTTASKSREQUEST']._serialized_end=1004
-  _globals['_LISTTASKSRESPONSE']._serialized_start=1006
-  _globals['_LISTTASKSRESPONSE']._serialized_end=1087
-  _globals['_STREAMTASKSREQUEST']._serialized_start=1090
-  _globals['_STREAMTASKSREQUEST']._serialized_end=1712
-  _globals['_STREAMTASKSRESPONSE']._serialized_start=1714
-  _globals['_STREAMTASKSRESPONSE']._serialized_end=1794
-  _globals['_UPDATETASKREQUEST']._serialized_start=1796
-  _globals['_UPDATETASKREQUEST']._serialized_end=1912
-  _globals['_DELETETASKREQUEST']._serialized_start=1914
-  _globals['_DELETETASKREQUEST']._serialized_end=1992
-  _globals['_UNDELETETASKREQUEST']._serialized_start=1994
-  _globals['_UNDELETETASKREQUEST']._serialized_end=2053
-  _globals['_BATCHCREATETASKSREQUEST']._serialized_start=2055
-  _globals['_BATCHCREATETASKSREQUEST']._serialized_end=2165
-  _globals['_BATCHCREATETASKSRESPONSE']._serialized_start=2167
-  _globals['_BATCHCREATETASKSRESPONSE']._serialized_end=2230
-  _globals['_LISTTASKEVENTSREQUEST']._serialized_start=2232
-  _globals['_LISTTASKEVENTSREQUEST']._serialized_end=2329
-  _globals['_LISTTASKEVENTSRESPONSE']._serialized_start=2331
-  _globals['_LISTTASKEVENTSRESPONSE']._serialized_end=2424
-  _globals['_TASKSERVICE']._serialized_start=2427
-  _globals['_TASKSERVICE']._serialized_end=3165
+  _globals['_LISTTASKSREQUEST']._serialized_end=1124
+  _globals['_LISTTASKSRESPONSE']._serialized_start=1126
+  _globals['_LISTTASKSRESPONSE']._serialized_end=1207
+  _globals['_STREAMTASKSREQUEST']._serialized_start=1210
+  _globals['_STREAMTASKSREQUEST']._serialized_end=1952
+  _globals['_STREAMTASKSRESPONSE']._serialized_start=1954
+  _globals['_STREAMTASKSRESPONSE']._serialized_end=2034
+  _globals['_UPDATETASKREQUEST']._serialized_start=2036
+  _globals['_UPDATETASKREQUEST']._serialized_end=2152
+  _globals['_DELETETASKREQUEST']._serialized_start=2154
+  _globals['_DELETETASKREQUEST']._serialized_end=2232
+  _globals['_UNDELETETASKREQUEST']._serialized_start=2234
+  _globals['_UNDELETETASKREQUEST']._serialized_end=2293
+  _globals['_BATCHCREATETASKSREQUEST']._serialized_start=2295
+  _globals['_BATCHCREATETASKSREQUEST']._serialized_end=2405
+  _globals['_BATCHCREATETASKSRESPONSE']._serialized_start=2407
+  _globals['_BATCHCREATETASKSRESPONSE']._serialized_end=2470
+  _globals['_LISTTASKEVENTSREQUEST']._serialized_start=2472
+  _globals['_LISTTASKEVENTSREQUEST']._serialized_end=2569
+  _globals['_LISTTASKEVENTSRESPONSE']._serialized_start=2571
+  _globals['_LISTTASKEVENTSRESPONSE']._serialized_end=2664
+  _globals['_BATCHGETTASKSREQUEST']._serialized_start=2666
+  _globals['_BATCHGETTASKSREQUEST']._serialized_end=2753
+  _globals['_BATCHGETTASKSRESPONSE']._serialized_start=2755
+  _globals['_BATCHGETTASKSRESPONSE']._serialized_end=2815
+  _globals['_TASKSERVICE']._serialized_start=2818
+  _globals['_TASKSERVICE']._serialized_end=3650
 # @@protoc_insertion_point(module_scope)

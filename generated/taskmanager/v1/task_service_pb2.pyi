@@ -41,8 +41,8 @@ class CreateTaskRequest(_message.Message):
     """
     @_builtins.property
     def task(self) -> _resources_pb2.Task:
-        """The task to create; `id`, `create_time`, `update_time`, `assignee` and
-        `subtasks` are output only and ignored.
+        """The task to create; `id`, `create_time`, `update_time`, `assignee`,
+        `subtasks`, `project` and `creator` are output only and ignored.
         """
 
     def __init__(
@@ -110,6 +110,9 @@ class ListTasksRequest(_message.Message):
     ORDER_BY_FIELD_NUMBER: _builtins.int
     VIEW_FIELD_NUMBER: _builtins.int
     SHOW_DELETED_FIELD_NUMBER: _builtins.int
+    CREATOR_ID_FIELD_NUMBER: _builtins.int
+    DUE_TIME_FIELD_NUMBER: _builtins.int
+    OVERDUE_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Maximum number of tasks to return: 0 means 50, above 1000 is taken as
     1000, negative is INVALID_ARGUMENT. A page may hold fewer.
@@ -133,13 +136,20 @@ class ListTasksRequest(_message.Message):
     """Only tasks whose title contains this text, case-insensitively."""
     order_by: _builtins.str
     """Sort order (AIP-132): one of `create_time`, `update_time`, `priority`,
-    `title`, optionally followed by ` desc`; ties are broken by id in the
-    same direction. Default `create_time desc`.
+    `title`, `due_time`, optionally followed by ` desc`; ties are broken by id
+    in the same direction. With `due_time`, tasks without a due time come
+    last in both directions (by id). Default `create_time desc`.
     """
     view: _resources_pb2.TaskView.ValueType
     """How much of each task to return; defaults to TASK_VIEW_BASIC."""
     show_deleted: _builtins.bool
     """Also return soft-deleted tasks (AIP-164)."""
+    creator_id: _builtins.int
+    """Only tasks created by this worker (`Task.creator_id`)."""
+    overdue: _builtins.bool
+    """Only overdue tasks: due before the time of the call (for a stream, the
+    time it started) and neither DONE nor CANCELLED.
+    """
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[_resources_pb2.TaskStatus.ValueType]:
         """Only tasks in any of these statuses; empty means any status."""
@@ -160,6 +170,10 @@ class ListTasksRequest(_message.Message):
     def update_time(self) -> _resources_pb2.TimeRange:
         """Only tasks last changed in this interval."""
 
+    @_builtins.property
+    def due_time(self) -> _resources_pb2.TimeRange:
+        """Only tasks due in this interval (tasks without a due time never match)."""
+
     def __init__(
         self,
         *,
@@ -179,17 +193,24 @@ class ListTasksRequest(_message.Message):
         order_by: _builtins.str = ...,
         view: _resources_pb2.TaskView.ValueType = ...,
         show_deleted: _builtins.bool = ...,
+        creator_id: _builtins.int | None = ...,
+        due_time: _resources_pb2.TimeRange | None = ...,
+        overdue: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_parent_task_id", b"_parent_task_id", "assignee_id", b"assignee_id", "create_time", b"create_time", "parent_task_id", b"parent_task_id", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_creator_id", b"_creator_id", "_parent_task_id", b"_parent_task_id", "assignee_id", b"assignee_id", "create_time", b"create_time", "creator_id", b"creator_id", "due_time", b"due_time", "parent_task_id", b"parent_task_id", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_parent_task_id", b"_parent_task_id", "assignee_id", b"assignee_id", "create_time", b"create_time", "order_by", b"order_by", "page_size", b"page_size", "page_token", b"page_token", "parent_task_id", b"parent_task_id", "priorities", b"priorities", "project_id", b"project_id", "show_deleted", b"show_deleted", "statuses", b"statuses", "tags", b"tags", "title_contains", b"title_contains", "top_level_only", b"top_level_only", "unassigned", b"unassigned", "update_time", b"update_time", "view", b"view"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_creator_id", b"_creator_id", "_parent_task_id", b"_parent_task_id", "assignee_id", b"assignee_id", "create_time", b"create_time", "creator_id", b"creator_id", "due_time", b"due_time", "order_by", b"order_by", "overdue", b"overdue", "page_size", b"page_size", "page_token", b"page_token", "parent_task_id", b"parent_task_id", "priorities", b"priorities", "project_id", b"project_id", "show_deleted", b"show_deleted", "statuses", b"statuses", "tags", b"tags", "title_contains", b"title_contains", "top_level_only", b"top_level_only", "unassigned", b"unassigned", "update_time", b"update_time", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__assignee_id: _TypeAlias = _typing.Literal["assignee_id"]  # noqa: Y015
     _WhichOneofArgType__assignee_id: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id"]  # noqa: Y015
+    _WhichOneofReturnType__creator_id: _TypeAlias = _typing.Literal["creator_id"]  # noqa: Y015
+    _WhichOneofArgType__creator_id: _TypeAlias = _typing.Literal["_creator_id", b"_creator_id"]  # noqa: Y015
     _WhichOneofReturnType__parent_task_id: _TypeAlias = _typing.Literal["parent_task_id"]  # noqa: Y015
     _WhichOneofArgType__parent_task_id: _TypeAlias = _typing.Literal["_parent_task_id", b"_parent_task_id"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__assignee_id) -> _WhichOneofReturnType__assignee_id | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__creator_id) -> _WhichOneofReturnType__creator_id | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__parent_task_id) -> _WhichOneofReturnType__parent_task_id | None: ...
 
@@ -245,6 +266,9 @@ class StreamTasksRequest(_message.Message):
     BATCH_SIZE_FIELD_NUMBER: _builtins.int
     RESUME_TOKEN_FIELD_NUMBER: _builtins.int
     SHOW_DELETED_FIELD_NUMBER: _builtins.int
+    CREATOR_ID_FIELD_NUMBER: _builtins.int
+    DUE_TIME_FIELD_NUMBER: _builtins.int
+    OVERDUE_FIELD_NUMBER: _builtins.int
     project_id: _builtins.int
     """Only tasks of this project; 0 means all projects."""
     assignee_id: _builtins.int
@@ -275,6 +299,12 @@ class StreamTasksRequest(_message.Message):
     """
     show_deleted: _builtins.bool
     """Also stream soft-deleted tasks (AIP-164)."""
+    creator_id: _builtins.int
+    """Only tasks created by this worker (`Task.creator_id`)."""
+    overdue: _builtins.bool
+    """Only overdue tasks: due before the time of the call (for a stream, the
+    time it started) and neither DONE nor CANCELLED.
+    """
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[_resources_pb2.TaskStatus.ValueType]:
         """Only tasks in any of these statuses; empty means any status."""
@@ -295,6 +325,10 @@ class StreamTasksRequest(_message.Message):
     def update_time(self) -> _resources_pb2.TimeRange:
         """Only tasks last changed in this interval."""
 
+    @_builtins.property
+    def due_time(self) -> _resources_pb2.TimeRange:
+        """Only tasks due in this interval (tasks without a due time never match)."""
+
     def __init__(
         self,
         *,
@@ -314,17 +348,24 @@ class StreamTasksRequest(_message.Message):
         batch_size: _builtins.int = ...,
         resume_token: _builtins.str = ...,
         show_deleted: _builtins.bool = ...,
+        creator_id: _builtins.int | None = ...,
+        due_time: _resources_pb2.TimeRange | None = ...,
+        overdue: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_parent_task_id", b"_parent_task_id", "assignee_id", b"assignee_id", "create_time", b"create_time", "parent_task_id", b"parent_task_id", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_creator_id", b"_creator_id", "_parent_task_id", b"_parent_task_id", "assignee_id", b"assignee_id", "create_time", b"create_time", "creator_id", b"creator_id", "due_time", b"due_time", "parent_task_id", b"parent_task_id", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_parent_task_id", b"_parent_task_id", "assignee_id", b"assignee_id", "batch_size", b"batch_size", "create_time", b"create_time", "order_by", b"order_by", "parent_task_id", b"parent_task_id", "priorities", b"priorities", "project_id", b"project_id", "resume_token", b"resume_token", "show_deleted", b"show_deleted", "statuses", b"statuses", "tags", b"tags", "title_contains", b"title_contains", "top_level_only", b"top_level_only", "unassigned", b"unassigned", "update_time", b"update_time", "view", b"view"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_creator_id", b"_creator_id", "_parent_task_id", b"_parent_task_id", "assignee_id", b"assignee_id", "batch_size", b"batch_size", "create_time", b"create_time", "creator_id", b"creator_id", "due_time", b"due_time", "order_by", b"order_by", "overdue", b"overdue", "parent_task_id", b"parent_task_id", "priorities", b"priorities", "project_id", b"project_id", "resume_token", b"resume_token", "show_deleted", b"show_deleted", "statuses", b"statuses", "tags", b"tags", "title_contains", b"title_contains", "top_level_only", b"top_level_only", "unassigned", b"unassigned", "update_time", b"update_time", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__assignee_id: _TypeAlias = _typing.Literal["assignee_id"]  # noqa: Y015
     _WhichOneofArgType__assignee_id: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id"]  # noqa: Y015
+    _WhichOneofReturnType__creator_id: _TypeAlias = _typing.Literal["creator_id"]  # noqa: Y015
+    _WhichOneofArgType__creator_id: _TypeAlias = _typing.Literal["_creator_id", b"_creator_id"]  # noqa: Y015
     _WhichOneofReturnType__parent_task_id: _TypeAlias = _typing.Literal["parent_task_id"]  # noqa: Y015
     _WhichOneofArgType__parent_task_id: _TypeAlias = _typing.Literal["_parent_task_id", b"_parent_task_id"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__assignee_id) -> _WhichOneofReturnType__assignee_id | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__creator_id) -> _WhichOneofReturnType__creator_id | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__parent_task_id) -> _WhichOneofReturnType__parent_task_id | None: ...
 
@@ -515,7 +556,7 @@ class ListTaskEventsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     task_id: _builtins.int
-    """The task whose history to list (soft-deleted tasks included)."""
+    """The task whose history to list (soft-deleted and purged tasks included)."""
     page_size: _builtins.int
     """Maximum events per page: 0 means 50, above 1000 is taken as 1000."""
     page_token: _builtins.str
@@ -562,3 +603,57 @@ class ListTaskEventsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListTaskEventsResponse: _TypeAlias = ListTaskEventsResponse  # noqa: Y015
+
+@_typing.final
+class BatchGetTasksRequest(_message.Message):
+    """Request of BatchGetTasks."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDS_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
+    view: _resources_pb2.TaskView.ValueType
+    """How much of each task to return; defaults to TASK_VIEW_BASIC."""
+    @_builtins.property
+    def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The tasks' ids, 1 to 1000, each positive. An id may repeat: its task is
+        then returned at each of its positions.
+        """
+
+    def __init__(
+        self,
+        *,
+        ids: _abc.Iterable[_builtins.int] | None = ...,
+        view: _resources_pb2.TaskView.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ids", b"ids", "view", b"view"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchGetTasksRequest: _TypeAlias = BatchGetTasksRequest  # noqa: Y015
+
+@_typing.final
+class BatchGetTasksResponse(_message.Message):
+    """Response of BatchGetTasks."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASKS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tasks(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.Task]:
+        """The tasks, in the order of the request's `ids`."""
+
+    def __init__(
+        self,
+        *,
+        tasks: _abc.Iterable[_resources_pb2.Task] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tasks", b"tasks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchGetTasksResponse: _TypeAlias = BatchGetTasksResponse  # noqa: Y015

@@ -83,6 +83,11 @@ class TaskServiceStub:
                 request_serializer=taskmanager_dot_v1_dot_task__service__pb2.ListTaskEventsRequest.SerializeToString,
                 response_deserializer=taskmanager_dot_v1_dot_task__service__pb2.ListTaskEventsResponse.FromString,
                 _registered_method=True)
+        self.BatchGetTasks = channel.unary_unary(
+                '/taskmanager.v1.TaskService/BatchGetTasks',
+                request_serializer=taskmanager_dot_v1_dot_task__service__pb2.BatchGetTasksRequest.SerializeToString,
+                response_deserializer=taskmanager_dot_v1_dot_task__service__pb2.BatchGetTasksResponse.FromString,
+                _registered_method=True)
 
 
 class TaskServiceServicer:
@@ -93,8 +98,8 @@ class TaskServiceServicer:
 
     def CreateTask(self, request, context):
         """Creates a task. INVALID_ARGUMENT for bad fields; FAILED_PRECONDITION when
-        the project, assignee or parent task does not exist, or the parent is in
-        another project.
+        the project, assignee, creator or parent task does not exist, or the
+        parent is in another project.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -157,7 +162,20 @@ class TaskServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListTaskEvents(self, request, context):
-        """Lists the audit trail of one task, oldest first (AIP-158 paging).
+        """Lists the audit trail of one task, oldest first (AIP-158 paging). The
+        history outlives the task (it stays readable after the task is purged);
+        NOT_FOUND only for an id with neither a task nor any recorded history.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchGetTasks(self, request, context):
+        """Returns up to 1000 tasks by id, in request order (AIP-231), soft-deleted
+        ones included as with GetTask. All or nothing: if any id names no task,
+        the call is NOT_FOUND (reason TASK_NOT_FOUND) and names the missing ids
+        in its message and in ErrorInfo metadata `task_ids` (the first 30) and
+        `missing_count`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -210,6 +228,11 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     servicer.ListTaskEvents,
                     request_deserializer=taskmanager_dot_v1_dot_task__service__pb2.ListTaskEventsRequest.FromString,
                     response_serializer=taskmanager_dot_v1_dot_task__service__pb2.ListTaskEventsResponse.SerializeToString,
+            ),
+            'BatchGetTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchGetTasks,
+                    request_deserializer=taskmanager_dot_v1_dot_task__service__pb2.BatchGetTasksRequest.FromString,
+                    response_serializer=taskmanager_dot_v1_dot_task__service__pb2.BatchGetTasksResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -458,6 +481,33 @@ class TaskService:
             '/taskmanager.v1.TaskService/ListTaskEvents',
             taskmanager_dot_v1_dot_task__service__pb2.ListTaskEventsRequest.SerializeToString,
             taskmanager_dot_v1_dot_task__service__pb2.ListTaskEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchGetTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskmanager.v1.TaskService/BatchGetTasks',
+            taskmanager_dot_v1_dot_task__service__pb2.BatchGetTasksRequest.SerializeToString,
+            taskmanager_dot_v1_dot_task__service__pb2.BatchGetTasksResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,8 +39,8 @@ class TaskServiceStub:
     def __new__(cls, channel: _aio.Channel) -> TaskServiceAsyncStub: ...
     CreateTask: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.CreateTaskRequest, _resources_pb2.Task]
     """Creates a task. INVALID_ARGUMENT for bad fields; FAILED_PRECONDITION when
-    the project, assignee or parent task does not exist, or the parent is in
-    another project.
+    the project, assignee, creator or parent task does not exist, or the
+    parent is in another project.
     """
     GetTask: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.GetTaskRequest, _resources_pb2.Task]
     """Returns one task. NOT_FOUND if there is no task with that id."""
@@ -67,7 +67,17 @@ class TaskServiceStub:
     BatchCreateTasks: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.BatchCreateTasksRequest, _task_service_pb2.BatchCreateTasksResponse]
     """Creates up to 1000 tasks in one transaction: all or none (AIP-233)."""
     ListTaskEvents: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.ListTaskEventsRequest, _task_service_pb2.ListTaskEventsResponse]
-    """Lists the audit trail of one task, oldest first (AIP-158 paging)."""
+    """Lists the audit trail of one task, oldest first (AIP-158 paging). The
+    history outlives the task (it stays readable after the task is purged);
+    NOT_FOUND only for an id with neither a task nor any recorded history.
+    """
+    BatchGetTasks: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.BatchGetTasksRequest, _task_service_pb2.BatchGetTasksResponse]
+    """Returns up to 1000 tasks by id, in request order (AIP-231), soft-deleted
+    ones included as with GetTask. All or nothing: if any id names no task,
+    the call is NOT_FOUND (reason TASK_NOT_FOUND) and names the missing ids
+    in its message and in ErrorInfo metadata `task_ids` (the first 30) and
+    `missing_count`.
+    """
 
 @_typing.type_check_only
 class TaskServiceAsyncStub(TaskServiceStub):
@@ -79,8 +89,8 @@ class TaskServiceAsyncStub(TaskServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateTask: _aio.UnaryUnaryMultiCallable[_task_service_pb2.CreateTaskRequest, _resources_pb2.Task]  # type: ignore[assignment]
     """Creates a task. INVALID_ARGUMENT for bad fields; FAILED_PRECONDITION when
-    the project, assignee or parent task does not exist, or the parent is in
-    another project.
+    the project, assignee, creator or parent task does not exist, or the
+    parent is in another project.
     """
     GetTask: _aio.UnaryUnaryMultiCallable[_task_service_pb2.GetTaskRequest, _resources_pb2.Task]  # type: ignore[assignment]
     """Returns one task. NOT_FOUND if there is no task with that id."""
@@ -107,7 +117,17 @@ class TaskServiceAsyncStub(TaskServiceStub):
     BatchCreateTasks: _aio.UnaryUnaryMultiCallable[_task_service_pb2.BatchCreateTasksRequest, _task_service_pb2.BatchCreateTasksResponse]  # type: ignore[assignment]
     """Creates up to 1000 tasks in one transaction: all or none (AIP-233)."""
     ListTaskEvents: _aio.UnaryUnaryMultiCallable[_task_service_pb2.ListTaskEventsRequest, _task_service_pb2.ListTaskEventsResponse]  # type: ignore[assignment]
-    """Lists the audit trail of one task, oldest first (AIP-158 paging)."""
+    """Lists the audit trail of one task, oldest first (AIP-158 paging). The
+    history outlives the task (it stays readable after the task is purged);
+    NOT_FOUND only for an id with neither a task nor any recorded history.
+    """
+    BatchGetTasks: _aio.UnaryUnaryMultiCallable[_task_service_pb2.BatchGetTasksRequest, _task_service_pb2.BatchGetTasksResponse]  # type: ignore[assignment]
+    """Returns up to 1000 tasks by id, in request order (AIP-231), soft-deleted
+    ones included as with GetTask. All or nothing: if any id names no task,
+    the call is NOT_FOUND (reason TASK_NOT_FOUND) and names the missing ids
+    in its message and in ErrorInfo metadata `task_ids` (the first 30) and
+    `missing_count`.
+    """
 
 class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
     """Manages tasks. Errors follow AIP-193: every error carries a
@@ -122,8 +142,8 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_resources_pb2.Task, _abc.Awaitable[_resources_pb2.Task]]:
         """Creates a task. INVALID_ARGUMENT for bad fields; FAILED_PRECONDITION when
-        the project, assignee or parent task does not exist, or the parent is in
-        another project.
+        the project, assignee, creator or parent task does not exist, or the
+        parent is in another project.
         """
 
     @_abc_1.abstractmethod
@@ -198,6 +218,22 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _task_service_pb2.ListTaskEventsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_task_service_pb2.ListTaskEventsResponse, _abc.Awaitable[_task_service_pb2.ListTaskEventsResponse]]:
-        """Lists the audit trail of one task, oldest first (AIP-158 paging)."""
+        """Lists the audit trail of one task, oldest first (AIP-158 paging). The
+        history outlives the task (it stays readable after the task is purged);
+        NOT_FOUND only for an id with neither a task nor any recorded history.
+        """
+
+    @_abc_1.abstractmethod
+    def BatchGetTasks(
+        self,
+        request: _task_service_pb2.BatchGetTasksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_task_service_pb2.BatchGetTasksResponse, _abc.Awaitable[_task_service_pb2.BatchGetTasksResponse]]:
+        """Returns up to 1000 tasks by id, in request order (AIP-231), soft-deleted
+        ones included as with GetTask. All or nothing: if any id names no task,
+        the call is NOT_FOUND (reason TASK_NOT_FOUND) and names the missing ids
+        in its message and in ErrorInfo metadata `task_ids` (the first 30) and
+        `missing_count`.
+        """
 
 def add_TaskServiceServicer_to_server(servicer: TaskServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -28,7 +28,7 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from taskmanager.v1 import resources_pb2 as taskmanager_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#taskmanager/v1/worker_service.proto\x12\x0etaskmanager.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1etaskmanager/v1/resources.proto\"]\n\x13\x43reateWorkerRequest\x12,\n\x06worker\x18\x01 \x01(\x0b\x32\x16.taskmanager.v1.WorkerB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"$\n\x10GetWorkerRequest\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\"G\n\x12ListWorkersRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"W\n\x13ListWorkersResponse\x12\'\n\x07workers\x18\x01 \x03(\x0b\x32\x16.taskmanager.v1.Worker\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"z\n\x13UpdateWorkerRequest\x12,\n\x06worker\x18\x01 \x01(\x0b\x32\x16.taskmanager.v1.WorkerB\x04\xe2\x41\x01\x02\x12\x35\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x01\";\n\x13\x44\x65leteWorkerRequest\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12\x12\n\x04\x65tag\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x32\x95\x03\n\rWorkerService\x12K\n\x0c\x43reateWorker\x12#.taskmanager.v1.CreateWorkerRequest\x1a\x16.taskmanager.v1.Worker\x12\x45\n\tGetWorker\x12 .taskmanager.v1.GetWorkerRequest\x1a\x16.taskmanager.v1.Worker\x12V\n\x0bListWorkers\x12\".taskmanager.v1.ListWorkersRequest\x1a#.taskmanager.v1.ListWorkersResponse\x12K\n\x0cUpdateWorker\x12#.taskmanager.v1.UpdateWorkerRequest\x1a\x16.taskmanager.v1.Worker\x12K\n\x0c\x44\x65leteWorker\x12#.taskmanager.v1.DeleteWorkerRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#taskmanager/v1/worker_service.proto\x12\x0etaskmanager.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1etaskmanager/v1/resources.proto\"]\n\x13\x43reateWorkerRequest\x12,\n\x06worker\x18\x01 \x01(\x0b\x32\x16.taskmanager.v1.WorkerB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"T\n\x10GetWorkerRequest\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12.\n\x04view\x18\x02 \x01(\x0e\x32\x1a.taskmanager.v1.WorkerViewB\x04\xe2\x41\x01\x01\"\xa9\x01\n\x12ListWorkersRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12.\n\x04view\x18\x03 \x01(\x0e\x32\x1a.taskmanager.v1.WorkerViewB\x04\xe2\x41\x01\x01\x12\x13\n\x05\x65mail\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1b\n\rname_contains\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01\"W\n\x13ListWorkersResponse\x12\'\n\x07workers\x18\x01 \x03(\x0b\x32\x16.taskmanager.v1.Worker\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"z\n\x13UpdateWorkerRequest\x12,\n\x06worker\x18\x01 \x01(\x0b\x32\x16.taskmanager.v1.WorkerB\x04\xe2\x41\x01\x02\x12\x35\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x01\";\n\x13\x44\x65leteWorkerRequest\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12\x12\n\x04\x65tag\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"e\n\x17ListWorkerEventsRequest\x12\x17\n\tworker_id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12\x17\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"_\n\x18ListWorkerEventsResponse\x12*\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1a.taskmanager.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xfc\x03\n\rWorkerService\x12K\n\x0c\x43reateWorker\x12#.taskmanager.v1.CreateWorkerRequest\x1a\x16.taskmanager.v1.Worker\x12\x45\n\tGetWorker\x12 .taskmanager.v1.GetWorkerRequest\x1a\x16.taskmanager.v1.Worker\x12V\n\x0bListWorkers\x12\".taskmanager.v1.ListWorkersRequest\x1a#.taskmanager.v1.ListWorkersResponse\x12K\n\x0cUpdateWorker\x12#.taskmanager.v1.UpdateWorkerRequest\x1a\x16.taskmanager.v1.Worker\x12K\n\x0c\x44\x65leteWorker\x12#.taskmanager.v1.DeleteWorkerRequest\x1a\x16.google.protobuf.Empty\x12\x65\n\x10ListWorkerEvents\x12\'.taskmanager.v1.ListWorkerEventsRequest\x1a(.taskmanager.v1.ListWorkerEventsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,10 +41,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATEWORKERREQUEST'].fields_by_name['request_id']._serialized_options = b'\342A\001\001'
   _globals['_GETWORKERREQUEST'].fields_by_name['id']._loaded_options = None
   _globals['_GETWORKERREQUEST'].fields_by_name['id']._serialized_options = b'\342A\001\002'
+  _globals['_GETWORKERREQUEST'].fields_by_name['view']._loaded_options = None
+  _globals['_GETWORKERREQUEST'].fields_by_name['view']._serialized_options = b'\342A\001\001'
   _globals['_LISTWORKERSREQUEST'].fields_by_name['page_size']._loaded_options = None
   _globals['_LISTWORKERSREQUEST'].fields_by_name['page_size']._serialized_options = b'\342A\001\001'
   _globals['_LISTWORKERSREQUEST'].fields_by_name['page_token']._loaded_options = None
   _globals['_LISTWORKERSREQUEST'].fields_by_name['page_token']._serialized_options = b'\342A\001\001'
+  _globals['_LISTWORKERSREQUEST'].fields_by_name['view']._loaded_options = None
+  _globals['_LISTWORKERSREQUEST'].fields_by_name['view']._serialized_options = b'\342A\001\001'
+  _globals['_LISTWORKERSREQUEST'].fields_by_name['email']._loaded_options = None
+  _globals['_LISTWORKERSREQUEST'].fields_by_name['email']._serialized_options = b'\342A\001\001'
+  _globals['_LISTWORKERSREQUEST'].fields_by_name['name_contains']._loaded_options = None
+  _globals['_LISTWORKERSREQUEST'].fields_by_name['name_contains']._serialized_options = b'\342A\001\001'
   _globals['_UPDATEWORKERREQUEST'].fields_by_name['worker']._loaded_options = None
   _globals['_UPDATEWORKERREQUEST'].fields_by_name['worker']._serialized_options = b'\342A\001\002'
   _globals['_UPDATEWORKERREQUEST'].fields_by_name['update_mask']._loaded_options = None
@@ -53,18 +61,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELETEWORKERREQUEST'].fields_by_name['id']._serialized_options = b'\342A\001\002'
   _globals['_DELETEWORKERREQUEST'].fields_by_name['etag']._loaded_options = None
   _globals['_DELETEWORKERREQUEST'].fields_by_name['etag']._serialized_options = b'\342A\001\001'
+  _globals['_LISTWORKEREVENTSREQUEST'].fields_by_name['worker_id']._loaded_options = None
+  _globals['_LISTWORKEREVENTSREQUEST'].fields_by_name['worker_id']._serialized_options = b'\342A\001\002'
+  _globals['_LISTWORKEREVENTSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTWORKEREVENTSREQUEST'].fields_by_name['page_size']._serialized_options = b'\342A\001\001'
+  _globals['_LISTWORKEREVENTSREQUEST'].fields_by_name['page_token']._loaded_options = None
+  _globals['_LISTWORKEREVENTSREQUEST'].fields_by_name['page_token']._serialized_options = b'\342A\001\001'
   _globals['_CREATEWORKERREQUEST']._serialized_start=183
   _globals['_CREATEWORKERREQUEST']._serialized_end=276
   _globals['_GETWORKERREQUEST']._serialized_start=278
-  _globals['_GETWORKERREQUEST']._serialized_end=314
-  _globals['_LISTWORKERSREQUEST']._serialized_start=316
-  _globals['_LISTWORKERSREQUEST']._serialized_end=387
-  _globals['_LISTWORKERSRESPONSE']._serialized_start=389
-  _globals['_LISTWORKERSRESPONSE']._serialized_end=476
-  _globals['_UPDATEWORKERREQUEST']._serialized_start=478
-  _globals['_UPDATEWORKERREQUEST']._serialized_end=600
-  _globals['_DELETEWORKERREQUEST']._serialized_start=602
-  _globals['_DELETEWORKERREQUEST']._serialized_end=661
-  _globals['_WORKERSERVICE']._serialized_start=664
-  _globals['_WORKERSERVICE']._serialized_end=1069
+  _globals['_GETWORKERREQUEST']._serialized_end=362
+  _globals['_LISTWORKERSREQUEST']._serialized_start=365
+  _globals['_LISTWORKERSREQUEST']._serialized_end=534
+  _globals['_LISTWORKERSRESPONSE']._serialized_start=536
+  _globals['_LISTWORKERSRESPONSE']._serialized_end=623
+  _globals['_UPDATEWORKERREQUEST']._serialized_start=625
+  _globals['_UPDATEWORKERREQUEST']._serialized_end=747
+  _globals['_DELETEWORKERREQUEST']._serialized_start=749
+  _globals['_DELETEWORKERREQUEST']._serialized_end=808
+  _globals['_LISTWORKEREVENTSREQUEST']._serialized_start=810
+  _globals['_LISTWORKEREVENTSREQUEST']._serialized_end=911
+  _globals['_LISTWORKEREVENTSRESPONSE']._serialized_start=913
+  _globals['_LISTWORKEREVENTSRESPONSE']._serialized_end=1008
+  _globals['_WORKERSERVICE']._serialized_start=1011
+  _globals['_WORKERSERVICE']._serialized_end=1519
 # @@protoc_insertion_point(module_scope)

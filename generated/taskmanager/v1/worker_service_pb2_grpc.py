@@ -62,6 +62,11 @@ class WorkerServiceStub:
                 request_serializer=taskmanager_dot_v1_dot_worker__service__pb2.DeleteWorkerRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.ListWorkerEvents = channel.unary_unary(
+                '/taskmanager.v1.WorkerService/ListWorkerEvents',
+                request_serializer=taskmanager_dot_v1_dot_worker__service__pb2.ListWorkerEventsRequest.SerializeToString,
+                response_deserializer=taskmanager_dot_v1_dot_worker__service__pb2.ListWorkerEventsResponse.FromString,
+                _registered_method=True)
 
 
 class WorkerServiceServicer:
@@ -83,7 +88,8 @@ class WorkerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListWorkers(self, request, context):
-        """Lists workers by id, a page at a time (AIP-158).
+        """Lists workers by id, a page at a time (AIP-158), optionally looked up by
+        e-mail address or by part of the name.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -97,7 +103,18 @@ class WorkerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteWorker(self, request, context):
-        """Deletes a worker; tasks assigned to it become unassigned.
+        """Deletes a worker; tasks assigned to it become unassigned and tasks it
+        created lose their `creator_id` (each such task's etag changes).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWorkerEvents(self, request, context):
+        """Lists the audit trail of one worker, oldest first (AIP-158 paging), as
+        ListTaskEvents does for a task. A deleted worker's history stays readable
+        (its last event is the delete); NOT_FOUND only for an id with neither a
+        worker nor any recorded history.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -130,6 +147,11 @@ def add_WorkerServiceServicer_to_server(servicer, server):
                     servicer.DeleteWorker,
                     request_deserializer=taskmanager_dot_v1_dot_worker__service__pb2.DeleteWorkerRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'ListWorkerEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWorkerEvents,
+                    request_deserializer=taskmanager_dot_v1_dot_worker__service__pb2.ListWorkerEventsRequest.FromString,
+                    response_serializer=taskmanager_dot_v1_dot_worker__service__pb2.ListWorkerEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -268,6 +290,33 @@ class WorkerService:
             '/taskmanager.v1.WorkerService/DeleteWorker',
             taskmanager_dot_v1_dot_worker__service__pb2.DeleteWorkerRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWorkerEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskmanager.v1.WorkerService/ListWorkerEvents',
+            taskmanager_dot_v1_dot_worker__service__pb2.ListWorkerEventsRequest.SerializeToString,
+            taskmanager_dot_v1_dot_worker__service__pb2.ListWorkerEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

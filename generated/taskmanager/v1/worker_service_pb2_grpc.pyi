@@ -40,11 +40,21 @@ class WorkerServiceStub:
     GetWorker: _grpc.UnaryUnaryMultiCallable[_worker_service_pb2.GetWorkerRequest, _resources_pb2.Worker]
     """Returns one worker. NOT_FOUND if there is no worker with that id."""
     ListWorkers: _grpc.UnaryUnaryMultiCallable[_worker_service_pb2.ListWorkersRequest, _worker_service_pb2.ListWorkersResponse]
-    """Lists workers by id, a page at a time (AIP-158)."""
+    """Lists workers by id, a page at a time (AIP-158), optionally looked up by
+    e-mail address or by part of the name.
+    """
     UpdateWorker: _grpc.UnaryUnaryMultiCallable[_worker_service_pb2.UpdateWorkerRequest, _resources_pb2.Worker]
     """Changes the fields named in update_mask (AIP-134)."""
     DeleteWorker: _grpc.UnaryUnaryMultiCallable[_worker_service_pb2.DeleteWorkerRequest, _empty_pb2.Empty]
-    """Deletes a worker; tasks assigned to it become unassigned."""
+    """Deletes a worker; tasks assigned to it become unassigned and tasks it
+    created lose their `creator_id` (each such task's etag changes).
+    """
+    ListWorkerEvents: _grpc.UnaryUnaryMultiCallable[_worker_service_pb2.ListWorkerEventsRequest, _worker_service_pb2.ListWorkerEventsResponse]
+    """Lists the audit trail of one worker, oldest first (AIP-158 paging), as
+    ListTaskEvents does for a task. A deleted worker's history stays readable
+    (its last event is the delete); NOT_FOUND only for an id with neither a
+    worker nor any recorded history.
+    """
 
 @_typing.type_check_only
 class WorkerServiceAsyncStub(WorkerServiceStub):
@@ -56,11 +66,21 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
     GetWorker: _aio.UnaryUnaryMultiCallable[_worker_service_pb2.GetWorkerRequest, _resources_pb2.Worker]  # type: ignore[assignment]
     """Returns one worker. NOT_FOUND if there is no worker with that id."""
     ListWorkers: _aio.UnaryUnaryMultiCallable[_worker_service_pb2.ListWorkersRequest, _worker_service_pb2.ListWorkersResponse]  # type: ignore[assignment]
-    """Lists workers by id, a page at a time (AIP-158)."""
+    """Lists workers by id, a page at a time (AIP-158), optionally looked up by
+    e-mail address or by part of the name.
+    """
     UpdateWorker: _aio.UnaryUnaryMultiCallable[_worker_service_pb2.UpdateWorkerRequest, _resources_pb2.Worker]  # type: ignore[assignment]
     """Changes the fields named in update_mask (AIP-134)."""
     DeleteWorker: _aio.UnaryUnaryMultiCallable[_worker_service_pb2.DeleteWorkerRequest, _empty_pb2.Empty]  # type: ignore[assignment]
-    """Deletes a worker; tasks assigned to it become unassigned."""
+    """Deletes a worker; tasks assigned to it become unassigned and tasks it
+    created lose their `creator_id` (each such task's etag changes).
+    """
+    ListWorkerEvents: _aio.UnaryUnaryMultiCallable[_worker_service_pb2.ListWorkerEventsRequest, _worker_service_pb2.ListWorkerEventsResponse]  # type: ignore[assignment]
+    """Lists the audit trail of one worker, oldest first (AIP-158 paging), as
+    ListTaskEvents does for a task. A deleted worker's history stays readable
+    (its last event is the delete); NOT_FOUND only for an id with neither a
+    worker nor any recorded history.
+    """
 
 class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
     """Manages workers, the people or systems tasks are assigned to."""
@@ -87,7 +107,9 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _worker_service_pb2.ListWorkersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_worker_service_pb2.ListWorkersResponse, _abc.Awaitable[_worker_service_pb2.ListWorkersResponse]]:
-        """Lists workers by id, a page at a time (AIP-158)."""
+        """Lists workers by id, a page at a time (AIP-158), optionally looked up by
+        e-mail address or by part of the name.
+        """
 
     @_abc_1.abstractmethod
     def UpdateWorker(
@@ -103,6 +125,20 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _worker_service_pb2.DeleteWorkerRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
-        """Deletes a worker; tasks assigned to it become unassigned."""
+        """Deletes a worker; tasks assigned to it become unassigned and tasks it
+        created lose their `creator_id` (each such task's etag changes).
+        """
+
+    @_abc_1.abstractmethod
+    def ListWorkerEvents(
+        self,
+        request: _worker_service_pb2.ListWorkerEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_worker_service_pb2.ListWorkerEventsResponse, _abc.Awaitable[_worker_service_pb2.ListWorkerEventsResponse]]:
+        """Lists the audit trail of one worker, oldest first (AIP-158 paging), as
+        ListTaskEvents does for a task. A deleted worker's history stays readable
+        (its last event is the delete); NOT_FOUND only for an id with neither a
+        worker nor any recorded history.
+        """
 
 def add_WorkerServiceServicer_to_server(servicer: WorkerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -7,8 +7,9 @@ from datetime import datetime
 
 from service.api.mapping.timestamps import to_timestamp
 from service.storage.etags import etag_of
+from service.storage.filters import ProjectFilter
 from service.storage.models import Project
-from taskmanager.v1 import resources_pb2
+from taskmanager.v1 import project_service_pb2, resources_pb2
 
 
 def project_to_message(project: Project) -> resources_pb2.Project:
@@ -43,3 +44,8 @@ def apply_project_update(
     if "description" in fields:
         project.description = message.description
     project.update_time = now
+
+
+def project_filter_from(request: project_service_pb2.ListProjectsRequest) -> ProjectFilter:
+    """The filter fields of a ListProjects request (validated beforehand)."""
+    return ProjectFilter(name_contains=request.name_contains)

@@ -6,7 +6,8 @@ from collections.abc import Iterable, Sequence, Set
 from datetime import datetime
 from typing import Any
 
-from service.api.mapping.timestamps import from_timestamp_ceil, to_timestamp
+from service.api.mapping.projects import project_to_message
+from service.api.mapping.timestamps import from_timestamp, from_timestamp_ceil, to_timestamp
 from service.api.mapping.workers import worker_to_message
 from service.storage.etags import etag_for, etag_of
 from service.storage.filters import TaskFilter, TimeBounds
@@ -35,11 +36,15 @@ def normalise_tags(tags: Iterable[str]) -> list[str]:
 def task_to_message(
     task: Task, view: resources_pb2.TaskView.ValueType = resources_pb2.TASK_VIEW_BASIC
 ) -> resources_pb2.Task:
-    """The API form of a stored task; FULL adds the (eagerly loaded) assignee and subtasks."""
+    """The API form of a stored task; FULL adds the (eagerly loaded) project, assignee,
+    creator and subtasks."""
     message = basic_task_message(task)
     if view == resources_pb2.TASK_VIEW_FULL:
+        message.project.CopyFrom(project_to_message(task.project))
         if task.assignee is not None:
             message.assignee.CopyFrom(worker_to_message(task.assignee))
+        if task.creator is not None:
+            message.creator.CopyFrom(worker_to_message(task.creator))
         message.subtasks.extend(
             task_to_message(subtask) for subtask in task.subtasks if subtask.delete_time is None
         )
@@ -59,11 +64,14 @@ def basic_task_message(task: AnyTask) -> resources_pb2.Task:
         assignee_id=task.assignee_id,
         parent_task_id=task.parent_task_id,
         etag=etag_of(task),
+        creator_id=task.creator_id,
     )
     to_timestamp(task.create_time, message.create_time)
     to_timestamp(task.update_time, message.update_time)
     if task.delete_time is not None:
         to_timestamp(task.delete_time, message.delete_time)
+    if task.due_time is not None:
+        to_timestamp(task.due_time, message.due_time)
     return message
 
 
@@ -97,6 +105,7 @@ def _basic_fields(row: Sequence[Any]) -> dict[str, Any]:
         "assignee_id": row[7],
         "parent_task_id": row[8],
         "etag": etag_for(row[11]),
+        "creator_id": row[13],
     }
 
 
@@ -105,6 +114,8 @@ def _set_times(message: resources_pb2.Task, row: Sequence[Any]) -> None:
     to_timestamp(row[10], message.update_time)
     if row[12] is not None:
         to_timestamp(row[12], message.delete_time)
+    if row[14] is not None:
+        to_timestamp(row[14], message.due_time)
 
 
 def new_task_from_message(message: resources_pb2.Task, now: datetime) -> NewTask:
@@ -120,7 +131,13 @@ def new_task_from_message(message: resources_pb2.Task, now: datetime) -> NewTask
         parent_task_id=message.parent_task_id if message.HasField("parent_task_id") else None,
         create_time=now,
         update_time=now,
+        creator_id=message.creator_id if message.HasField("creator_id") else None,
+        due_time=_due_time(message),
     )
+
+
+def _due_time(message: resources_pb2.Task) -> datetime | None:
+    return from_timestamp(message.due_time) if message.HasField("due_time") else None
 
 
 def apply_task_update(
@@ -141,11 +158,14 @@ def apply_task_update(
         task.assignee_id = message.assignee_id if message.HasField("assignee_id") else None
     if "parent_task_id" in fields:
         task.parent_task_id = message.parent_task_id if message.HasField("parent_task_id") else None
+    if "due_time" in fields:
+        task.due_time = _due_time(message)
     task.update_time = now
 
 
-def task_filter_from(request: ListOrStream) -> TaskFilter:
-    """The filter fields of a ListTasks or StreamTasks request (validated beforehand)."""
+def task_filter_from(request: ListOrStream, now: datetime) -> TaskFilter:
+    """The filter fields of a ListTasks or StreamTasks request (validated beforehand);
+    `now` is when `overdue` is judged."""
     return TaskFilter(
         project_id=request.project_id or None,
         # Each value once (dict keeps order): a request may repeat one a million times,
@@ -161,6 +181,9 @@ def task_filter_from(request: ListOrStream) -> TaskFilter:
         create_time=_bounds(request, "create_time"),
         update_time=_bounds(request, "update_time"),
         show_deleted=request.show_deleted,
+        creator_id=request.creator_id if request.HasField("creator_id") else None,
+        due_time=_bounds(request, "due_time"),
+        overdue_at=now if request.overdue else None,
     )
 
 

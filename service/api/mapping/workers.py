@@ -7,8 +7,9 @@ from datetime import datetime
 
 from service.api.mapping.timestamps import to_timestamp
 from service.storage.etags import etag_of
+from service.storage.filters import WorkerFilter
 from service.storage.models import Worker
-from taskmanager.v1 import resources_pb2
+from taskmanager.v1 import resources_pb2, worker_service_pb2
 
 
 def normalise_email(email: str) -> str:
@@ -45,3 +46,9 @@ def apply_worker_update(
     if "email" in fields:
         worker.email = normalise_email(message.email)
     worker.update_time = now
+
+
+def worker_filter_from(request: worker_service_pb2.ListWorkersRequest) -> WorkerFilter:
+    """The filter fields of a ListWorkers request (validated beforehand); the e-mail
+    address normalised as stored, so the lookup ignores case and surrounding blanks."""
+    return WorkerFilter(email=normalise_email(request.email), name_contains=request.name_contains)

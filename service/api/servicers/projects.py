@@ -8,12 +8,19 @@ from google.protobuf import empty_pb2
 
 from service.api.mapping.projects import (
     apply_project_update,
+    project_filter_from,
     project_from_message,
     project_to_message,
 )
 from service.api.pagination import Pagination
-from service.api.requests import check_create_project, check_update_project, requested_project
+from service.api.requests import (
+    check_create_project,
+    check_list_projects,
+    check_update_project,
+    requested_project,
+)
 from service.api.servicers.dependencies import Dependencies
+from service.api.servicers.history import PROJECT_HISTORY
 from service.api.servicers.resource import ResourceKind, StandardMethods
 from service.storage.audit_snapshots import project_snapshot
 from service.storage.keyset import int_field
@@ -31,6 +38,8 @@ PROJECTS: ResourceKind[Project, resources_pb2.Project] = ResourceKind(
     from_message=project_from_message,
     apply_update=apply_project_update,
     snapshot=project_snapshot,
+    check_list=check_list_projects,
+    list_filter=project_filter_from,
     listing=Pagination(
         method="ListProjects",
         order_fields={"id": int_field(Project.id)},
@@ -38,6 +47,9 @@ PROJECTS: ResourceKind[Project, resources_pb2.Project] = ResourceKind(
         default_size=50,
         max_size=1000,
     ),
+    view_enum=resources_pb2.ProjectView,
+    full_view=resources_pb2.PROJECT_VIEW_FULL,
+    task_counts=lambda uow, ids: uow.projects.task_counts(ids),
 )
 
 
@@ -57,7 +69,7 @@ class ProjectServicer(project_service_pb2_grpc.ProjectServiceServicer):
     async def GetProject(
         self, request: pb.GetProjectRequest, context: Context
     ) -> resources_pb2.Project:
-        return await self.methods.get(request.id, context)
+        return await self.methods.get(request.id, request.view, context)
 
     async def ListProjects(
         self, request: pb.ListProjectsRequest, context: Context
@@ -70,6 +82,12 @@ class ProjectServicer(project_service_pb2_grpc.ProjectServiceServicer):
     ) -> resources_pb2.Project:
         fields = check_update_project(request)
         return await self.methods.update(request.project, fields, context)
+
+    async def ListProjectEvents(
+        self, request: pb.ListProjectEventsRequest, context: Context
+    ) -> pb.ListProjectEventsResponse:
+        events, token = await PROJECT_HISTORY.page(self.methods.deps, request, context)
+        return pb.ListProjectEventsResponse(events=events, next_page_token=token)
 
     async def DeleteProject(
         self, request: pb.DeleteProjectRequest, context: Context

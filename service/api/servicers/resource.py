@@ -7,7 +7,7 @@ one-liners per RPC and cannot drift apart.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Set
+from collections.abc import Awaitable, Callable, Sequence, Set
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -15,14 +15,16 @@ from typing import Any, Generic, TypeVar
 from google.protobuf.message import Message
 
 from service.api.idempotency import create_once
+from service.api.mapping.task_counts import task_counts_to_message
 from service.api.pagination import Pagination
 from service.api.servicers.dependencies import Dependencies
-from service.api.validation import Violations, require_id
+from service.api.validation import ViewEnum, Violations, check_enum, check_id, require_id
 from service.storage.audit_snapshots import Snapshot
 from service.storage.database import UnitOfWork
 from service.storage.etags import check_etag
 from service.storage.models import utc_now
 from service.storage.repositories.base import Page
+from service.storage.repositories.task_counts import TaskCounts
 
 Entity = TypeVar("Entity")
 Resource = TypeVar("Resource", bound=Message)
@@ -41,6 +43,13 @@ class ResourceKind(Generic[Entity, Resource]):
     apply_update: Callable[[Entity, Resource, Set[str], datetime], None]
     snapshot: Callable[[Entity], Snapshot]
     listing: Pagination
+    # List filters: the request's violations, and the storage filter it asks for.
+    check_list: Callable[[Any], Violations]
+    list_filter: Callable[[Any], Any]
+    # Views: the enum, its FULL value, and the counts of live tasks by status FULL adds.
+    view_enum: ViewEnum
+    full_view: int
+    task_counts: Callable[[UnitOfWork, Sequence[int]], Awaitable[dict[int, TaskCounts]]]
     before_delete: Callable[[UnitOfWork, int], Awaitable[None]] | None = None
 
 
@@ -66,23 +75,44 @@ class StandardMethods(Generic[Entity, Resource]):
 
             return await create_once(uow, method, request, kind.message_type, create)
 
-    async def get(self, entity_id: int, context: Context) -> Resource:
-        """One resource by id."""
-        require_id("id", entity_id)
+    async def get(self, entity_id: int, view: int, context: Context) -> Resource:
+        """One resource by id, in the requested view."""
+        violations = Violations()
+        check_id(violations, "id", entity_id)
+        full = self._is_full(view, violations)
+        violations.raise_if_any()
         async with self.deps.unit_of_work(context, read_only=True) as uow:
             entity = await self.kind.repository(uow).get(entity_id)
-        return self.kind.to_message(entity)
+            counts = await self.kind.task_counts(uow, [entity_id]) if full else None
+        return self._message(entity, counts)
 
     async def list(self, request: Message, context: Context) -> tuple[list[Resource], str]:
-        """One page of resources and the next page token."""
+        """One page of resources in the requested view, and the next page token."""
         listing, tokens = self.kind.listing, self.deps.page_tokens
-        page_request = listing.read(request, tokens, Violations())
+        violations = self.kind.check_list(request)
+        full = self._is_full(request.view, violations)  # type: ignore[attr-defined]
+        page_request = listing.read(request, tokens, violations)
+        list_filter = self.kind.list_filter(request)
         async with self.deps.unit_of_work(context, read_only=True) as uow:
             page: Page[Entity] = await self.kind.repository(uow).list_page(
-                page_request.ordering, page_request.after, page_request.size
+                list_filter, page_request.ordering, page_request.after, page_request.size
             )
-        messages = [self.kind.to_message(entity) for entity in page.items]
+            ids = [entity.id for entity in page.items]  # type: ignore[attr-defined]
+            counts = await self.kind.task_counts(uow, ids) if full else None
+        messages = [self._message(entity, counts) for entity in page.items]
         return messages, listing.token_after(tokens, page_request, page.next_position)
+
+    def _is_full(self, view: int, violations: Violations) -> bool:
+        check_enum(violations, "view", view, self.kind.view_enum, allow_unspecified=True)
+        return view == self.kind.full_view
+
+    def _message(self, entity: Entity, counts: dict[int, TaskCounts] | None) -> Resource:
+        """The API form of an entity; with the FULL view's counts when given."""
+        message = self.kind.to_message(entity)
+        if counts is not None:
+            entity_counts = counts.get(entity.id, {})  # type: ignore[attr-defined]
+            message.task_counts.CopyFrom(task_counts_to_message(entity_counts))  # type: ignore[attr-defined]
+        return message
 
     async def update(self, resource: Resource, fields: Set[str], context: Context) -> Resource:
         """Apply the masked fields, conditional on the etag when one is sent."""

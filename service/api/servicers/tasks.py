@@ -8,9 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from service.api.idempotency import create_once
-from service.api.mapping.audit import event_to_message
 from service.api.mapping.tasks import (
-    add_task_rows,
     apply_task_update,
     basic_task_message,
     new_task_from_message,
@@ -18,81 +16,45 @@ from service.api.mapping.tasks import (
     task_row_to_message,
     task_to_message,
 )
-from service.api.pagination import PageRequest, Pagination
+from service.api.pagination import PageRequest
 from service.api.requests import (
+    TASK_MASK,
     check_batch_create_tasks,
+    check_batch_get_tasks,
     check_create_task,
+    check_immutable_unchanged,
     check_task_filter,
     check_update_task,
 )
 from service.api.servicers.dependencies import Dependencies
+from service.api.servicers.history import TASK_HISTORY
+from service.api.servicers.task_reads import (
+    LIST_TASKS,
+    STREAM_TASKS,
+    add_task_messages,
+    read_tasks,
+    read_tasks_by_id,
+)
 from service.api.validation import Violations, check_enum, check_id, require_id
 from service.storage.audit_snapshots import task_snapshot
 from service.storage.database import UnitOfWork
 from service.storage.errors import (
     AlreadyExists,
     FailedPrecondition,
-    FieldViolation,
-    InvalidArgument,
     Unavailable,
     at_index,
 )
 from service.storage.etags import check_etag
-from service.storage.filters import TaskFilter
-from service.storage.keyset import Position, int_field, text_field, time_field
-from service.storage.models import AuditEvent, NewTask, Task, utc_now
+from service.storage.keyset import (
+    Position,
+)
+from service.storage.models import NewTask, utc_now
 from service.storage.repositories.base import Page
 from service.storage.repositories.tasks import FULL_VIEW, parent_deleted
 from taskmanager.v1 import resources_pb2, task_service_pb2_grpc
 from taskmanager.v1 import task_service_pb2 as pb
 
 Context = Any  # grpc.aio.ServicerContext
-
-LIST_TASKS = Pagination(
-    method="ListTasks",
-    order_fields={
-        "create_time": time_field(Task.create_time),
-        "update_time": time_field(Task.update_time),
-        "priority": int_field(Task.priority),
-        "title": text_field(Task.title),
-    },
-    default_order="create_time desc",
-    default_size=50,
-    max_size=1000,
-)
-# Streams order only by immutable keys, so concurrent updates cannot move rows
-# across the stream's position (no skips, no repeats).
-STREAM_TASKS = Pagination(
-    method="StreamTasks",
-    order_fields={"create_time": time_field(Task.create_time), "id": int_field(Task.id)},
-    default_order="create_time",
-    default_size=500,
-    max_size=5000,
-    size_field="batch_size",
-    token_field="resume_token",
-)
-
-
-LIST_TASK_EVENTS = Pagination(
-    method="ListTaskEvents",
-    order_fields={"id": int_field(AuditEvent.id)},
-    default_order="id",
-    default_size=50,
-    max_size=1000,
-)
-
-
-async def _read_tasks(
-    uow: UnitOfWork,
-    task_filter: TaskFilter,
-    page: PageRequest,
-    after: Position | None,
-    view: int,
-) -> Page[Any]:
-    """A page of tasks: entities with relations for FULL, plain rows (faster) for BASIC."""
-    if view == resources_pb2.TASK_VIEW_FULL:
-        return await uow.tasks.list_page(task_filter, page.ordering, after, page.size, FULL_VIEW)
-    return await uow.tasks.list_rows(task_filter, page.ordering, after, page.size)
 
 
 async def _abandon(pending: asyncio.Future[Any] | None) -> None:
@@ -102,13 +64,6 @@ async def _abandon(pending: asyncio.Future[Any] | None) -> None:
     pending.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):
         await pending
-
-
-def _add_messages(target: Any, page: Page[Any], view: resources_pb2.TaskView.ValueType) -> None:
-    if view == resources_pb2.TASK_VIEW_FULL:
-        target.extend(task_to_message(task, view) for task in page.items)
-    else:
-        add_task_rows(target, page.items)
 
 
 class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
@@ -170,20 +125,31 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
             task = await uow.tasks.get(request.id, FULL_VIEW)
         return task_to_message(task, request.view)
 
+    async def BatchGetTasks(
+        self, request: pb.BatchGetTasksRequest, context: Context
+    ) -> pb.BatchGetTasksResponse:
+        check_batch_get_tasks(request)
+        async with self.deps.unit_of_work(context, read_only=True) as uow:
+            found = await read_tasks_by_id(uow, request.ids, request.view)
+        response = pb.BatchGetTasksResponse()
+        add_task_messages(response.tasks, found, request.view)
+        return response
+
     async def ListTasks(
         self, request: pb.ListTasksRequest, context: Context
     ) -> pb.ListTasksResponse:
         page_request = LIST_TASKS.read(request, self.deps.page_tokens, check_task_filter(request))
         async with self.deps.unit_of_work(context, read_only=True) as uow:
-            page = await _read_tasks(
-                uow, task_filter_from(request), page_request, page_request.after, request.view
+            task_filter = task_filter_from(request, utc_now())
+            page = await read_tasks(
+                uow, task_filter, page_request, page_request.after, request.view
             )
         response = pb.ListTasksResponse(
             next_page_token=LIST_TASKS.token_after(
                 self.deps.page_tokens, page_request, page.next_position
             ),
         )
-        _add_messages(response.tasks, page, request.view)
+        add_task_messages(response.tasks, page.items, request.view)
         return response
 
     async def StreamTasks(
@@ -197,13 +163,13 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
     async def _stream_batches(
         self, request: pb.StreamTasksRequest, stream: PageRequest, context: Context
     ) -> AsyncIterator[pb.StreamTasksResponse]:
-        task_filter = task_filter_from(request)
+        task_filter = task_filter_from(request, utc_now())
 
         async def read(after: Position | None) -> Page[Any]:
             # One short transaction per batch: no connection is held while the
             # client reads.
             async with self.deps.unit_of_work(context, read_only=True) as uow:
-                return await _read_tasks(uow, task_filter, stream, after, request.view)
+                return await read_tasks(uow, task_filter, stream, after, request.view)
 
         # Read one batch ahead: the next query runs while gRPC flow control holds
         # the previous batch, and memory stays bounded by two batches.
@@ -221,7 +187,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
                         self.deps.page_tokens, stream, page.last_position
                     ),
                 )
-                _add_messages(response.tasks, page, request.view)
+                add_task_messages(response.tasks, page.items, request.view)
                 yield response
                 if pending is not None and self.deps.shutting_down.is_set():
                     raise Unavailable(
@@ -242,15 +208,12 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
                 await uow.tasks.lock_tree((await uow.tasks.get(request.task.id)).project_id)
             task = await uow.tasks.get(request.task.id, for_update=True)
             check_etag(task, request.task.etag, "task")
-            if "project_id" in fields and request.task.project_id != task.project_id:
-                raise InvalidArgument(
-                    [FieldViolation("task.project_id", "is immutable", "IMMUTABLE_FIELD")]
-                )
+            check_immutable_unchanged(task, request.task, fields)
             if task.delete_time is not None:
                 raise FailedPrecondition(
                     "TASK_DELETED", f"task {task.id} is deleted; undelete it first", task_id=task.id
                 )
-            if fields - {"project_id"}:
+            if fields - TASK_MASK.immutable:
                 before = task_snapshot(task)
                 apply_task_update(task, request.task, fields, utc_now())
                 if fields & {"assignee_id", "parent_task_id"}:
@@ -313,22 +276,5 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
     async def ListTaskEvents(
         self, request: pb.ListTaskEventsRequest, context: Context
     ) -> pb.ListTaskEventsResponse:
-        violations = Violations()
-        check_id(violations, "task_id", request.task_id)
-        page_request = LIST_TASK_EVENTS.read(request, self.deps.page_tokens, violations)
-        async with self.deps.unit_of_work(context, read_only=True) as uow:
-            if not await uow.tasks.exists(request.task_id):
-                raise uow.tasks.not_found(request.task_id)
-            page = await uow.audit.history(
-                "task",
-                request.task_id,
-                page_request.ordering,
-                page_request.after,
-                page_request.size,
-            )
-        return pb.ListTaskEventsResponse(
-            events=[event_to_message(event) for event in page.items],
-            next_page_token=LIST_TASK_EVENTS.token_after(
-                self.deps.page_tokens, page_request, page.next_position
-            ),
-        )
+        events, token = await TASK_HISTORY.page(self.deps, request, context)
+        return pb.ListTaskEventsResponse(events=events, next_page_token=token)

@@ -1,4 +1,4 @@
-"""WorkerService; deleting a worker unassigns its tasks."""
+"""WorkerService; deleting a worker unassigns its tasks and clears it as their creator."""
 
 from __future__ import annotations
 
@@ -6,10 +6,16 @@ from typing import Any
 
 from google.protobuf import empty_pb2
 
-from service.api.mapping.workers import apply_worker_update, worker_from_message, worker_to_message
+from service.api.mapping.workers import (
+    apply_worker_update,
+    worker_filter_from,
+    worker_from_message,
+    worker_to_message,
+)
 from service.api.pagination import Pagination
-from service.api.requests import check_create_worker, check_update_worker
+from service.api.requests import check_create_worker, check_list_workers, check_update_worker
 from service.api.servicers.dependencies import Dependencies
+from service.api.servicers.history import WORKER_HISTORY
 from service.api.servicers.resource import ResourceKind, StandardMethods
 from service.storage.audit_snapshots import task_snapshot, worker_snapshot
 from service.storage.database import UnitOfWork
@@ -21,13 +27,18 @@ from taskmanager.v1 import worker_service_pb2 as pb
 Context = Any  # grpc.aio.ServicerContext
 
 
-async def unassign_tasks(uow: UnitOfWork, worker_id: int) -> None:
-    """Unassign a worker's tasks through the ORM rather than ON DELETE SET NULL,
-    so each task's version (etag) and update_time move and the change is audited."""
+async def release_tasks(uow: UnitOfWork, worker_id: int) -> None:
+    """Unassign a worker's tasks and clear it as their creator, through the ORM rather
+    than ON DELETE SET NULL, so each task's version (etag) and update_time move and the
+    change is audited."""
     now = utc_now()
-    for task in await uow.tasks.assigned_to(worker_id):
+    for task in await uow.tasks.referencing_worker(worker_id):
         before = task_snapshot(task)
-        task.assignee_id, task.update_time = None, now
+        if task.assignee_id == worker_id:
+            task.assignee_id = None
+        if task.creator_id == worker_id:
+            task.creator_id = None
+        task.update_time = now
         uow.record("task", task.id, "update", before, task_snapshot(task))
 
 
@@ -39,6 +50,8 @@ WORKERS: ResourceKind[Worker, resources_pb2.Worker] = ResourceKind(
     from_message=worker_from_message,
     apply_update=apply_worker_update,
     snapshot=worker_snapshot,
+    check_list=check_list_workers,
+    list_filter=worker_filter_from,
     listing=Pagination(
         method="ListWorkers",
         order_fields={"id": int_field(Worker.id)},
@@ -46,7 +59,10 @@ WORKERS: ResourceKind[Worker, resources_pb2.Worker] = ResourceKind(
         default_size=50,
         max_size=1000,
     ),
-    before_delete=unassign_tasks,
+    view_enum=resources_pb2.WorkerView,
+    full_view=resources_pb2.WORKER_VIEW_FULL,
+    task_counts=lambda uow, ids: uow.workers.task_counts(ids),
+    before_delete=release_tasks,
 )
 
 
@@ -65,7 +81,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
     async def GetWorker(
         self, request: pb.GetWorkerRequest, context: Context
     ) -> resources_pb2.Worker:
-        return await self.methods.get(request.id, context)
+        return await self.methods.get(request.id, request.view, context)
 
     async def ListWorkers(
         self, request: pb.ListWorkersRequest, context: Context
@@ -78,6 +94,12 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
     ) -> resources_pb2.Worker:
         fields = check_update_worker(request)
         return await self.methods.update(request.worker, fields, context)
+
+    async def ListWorkerEvents(
+        self, request: pb.ListWorkerEventsRequest, context: Context
+    ) -> pb.ListWorkerEventsResponse:
+        events, token = await WORKER_HISTORY.page(self.methods.deps, request, context)
+        return pb.ListWorkerEventsResponse(events=events, next_page_token=token)
 
     async def DeleteWorker(
         self, request: pb.DeleteWorkerRequest, context: Context

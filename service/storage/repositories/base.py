@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
-from sqlalchemy import Result, Select
+from sqlalchemy import ARRAY, ColumnElement, Result, Select, any_, func, literal
 from sqlalchemy.orm import InstrumentedAttribute, Session
 from sqlalchemy.sql.base import Executable, ExecutableOption
 from sqlmodel import SQLModel, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from sqlmodel.sql.expression import SelectOfScalar
 
-from service.storage.errors import NotFound
+from service.storage.errors import MAX_REPORTED, NotFound
 from service.storage.keyset import Ordering, Position
 
 Entity = TypeVar("Entity", bound=SQLModel)
@@ -58,6 +58,22 @@ class Repository(Generic[Entity]):
         assert bind is not None
         return bind.dialect.name
 
+    def any_of(self, column: Any, values: list[Any]) -> ColumnElement[bool]:
+        """`column` equals any of `values`."""
+        if self.dialect == "postgresql":
+            # One array parameter instead of an expanding IN list: the statement text
+            # no longer depends on how many values there are, so it compiles once.
+            return column == any_(literal(values, ARRAY(column.type)))  # type: ignore[no-any-return]
+        return column.in_(values)  # type: ignore[no-any-return]
+
+    def contains_text(self, column: Any, text: str) -> ColumnElement[bool]:
+        """`column` contains `text`, case-insensitively (Unicode-aware on both backends)."""
+        if self.dialect == "postgresql":
+            # ILIKE, served by a pg_trgm GIN index where the column has one.
+            return column.icontains(text, autoescape=True)  # type: ignore[no-any-return]
+        # casefold() is registered on each SQLite connection (database.py).
+        return func.casefold(column).contains(text.casefold(), autoescape=True)
+
     def not_found(self, entity_id: int) -> NotFound:
         """The NOT_FOUND error for this resource type."""
         return NotFound(
@@ -93,6 +109,20 @@ class Repository(Generic[Entity]):
         if entity is None:
             raise self.not_found(entity_id)
         return entity
+
+    def in_order(self, entity_ids: Sequence[int], found: Mapping[int, T]) -> list[T]:
+        """`found[id]` for each of `entity_ids` in that order; NOT_FOUND naming the
+        missing ids (the first MAX_REPORTED of them) if any."""
+        missing = list(dict.fromkeys(i for i in entity_ids if i not in found))
+        if missing:
+            listed = ", ".join(str(i) for i in missing[:MAX_REPORTED])
+            more = f" and {len(missing) - MAX_REPORTED} more" if len(missing) > MAX_REPORTED else ""
+            raise NotFound(
+                f"{self.resource.upper()}_NOT_FOUND",
+                f"{self.resource}s {listed}{more} do not exist",
+                **{f"{self.resource}_ids": listed.replace(" ", ""), "missing_count": len(missing)},
+            )
+        return [found[i] for i in entity_ids]
 
     async def exists(self, entity_id: int) -> bool:
         """Whether a row with this id exists."""
@@ -165,9 +195,7 @@ class Repository(Generic[Entity]):
     ) -> Page[Sequence[Any]]:
         """Like `page`, for rows whose id is column 0 and sort key column `key_index`."""
         id_column: InstrumentedAttribute[int] = self.model.id
-        if after is not None:
-            statement = statement.where(ordering.after(after, id_column))
-        rows = await self.fetch_rows(ordering.apply(statement, id_column).limit(limit + 1))
+        rows = await self.fetch_rows(ordering.window(statement, id_column, after, limit + 1))
         items = list(rows[:limit])
         last = Position(items[-1][key_index], items[-1][0]) if items else None
         return Page(items, last, more=len(rows) > limit)
@@ -181,9 +209,7 @@ class Repository(Generic[Entity]):
     ) -> Page[Entity]:
         """The `limit` rows after `after` in `ordering` (one extra row tells if more follow)."""
         id_column: InstrumentedAttribute[int] = self.model.id
-        if after is not None:
-            statement = statement.where(ordering.after(after, id_column))
-        statement = ordering.apply(statement, id_column).limit(limit + 1)  # type: ignore[assignment]
+        statement = ordering.window(statement, id_column, after, limit + 1)  # type: ignore[assignment]
         rows = list((await self.session.exec(statement)).all())
         items = rows[:limit]
         last = ordering.position_of(items[-1]) if items else None

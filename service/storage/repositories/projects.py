@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sqlmodel import col, select
 
 from service.storage.errors import FailedPrecondition
+from service.storage.filters import ProjectFilter
 from service.storage.keyset import Ordering, Position
 from service.storage.models import Project, Task
 from service.storage.repositories.base import Page, Repository
+from service.storage.repositories.task_counts import TaskCounts, live_task_counts
 from service.storage.repositories.tasks import TaskRepository
 
 
@@ -18,10 +22,19 @@ class ProjectRepository(Repository[Project]):
     resource = "project"
 
     async def list_page(
-        self, ordering: Ordering, after: Position | None, limit: int
+        self, project_filter: ProjectFilter, ordering: Ordering, after: Position | None, limit: int
     ) -> Page[Project]:
-        """One keyset page of projects."""
-        return await self.page(select(Project), ordering, after, limit)
+        """One keyset page of the projects matching `project_filter`."""
+        statement = select(Project)
+        if project_filter.name_contains:
+            statement = statement.where(
+                self.contains_text(col(Project.name), project_filter.name_contains)
+            )
+        return await self.page(statement, ordering, after, limit)
+
+    async def task_counts(self, project_ids: Sequence[int]) -> dict[int, TaskCounts]:
+        """Each project's live tasks by status (one statement)."""
+        return await live_task_counts(self, col(Task.project_id), project_ids)
 
     async def delete(self, entity: Project) -> None:
         """Delete a project without live tasks (its soft-deleted ones are purged with it)."""

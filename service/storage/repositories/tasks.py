@@ -2,37 +2,28 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
-    ARRAY,
-    ColumnElement,
     Select,
-    String,
     and_,
-    any_,
     bindparam,
-    cast,
     delete,
     exists,
     func,
     insert,
-    literal,
-    literal_column,
     null,
     or_,
 )
-from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import selectinload
+from sqlalchemy.orm import joinedload, selectinload
 from sqlalchemy.sql.base import ExecutableOption
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from service.storage.errors import Aborted, FailedPrecondition
-from service.storage.filters import TaskFilter, TimeBounds
+from service.storage.filters import TaskFilter
 from service.storage.keyset import Ordering, Position
 from service.storage.models import (
     AnyTask,
@@ -44,10 +35,14 @@ from service.storage.models import (
 )
 from service.storage.repositories.audit import EVENT_KEYS, INSERT_EVENTS, AuditValues
 from service.storage.repositories.base import Page, Repository
+from service.storage.repositories.task_filters import task_conditions
 
-# TASK_VIEW_FULL: the assignee and direct subtasks, one extra SELECT each per page.
+# TASK_VIEW_FULL: the project, assignee and creator (many-to-one) joined into the
+# task's own SELECT; the direct subtasks (one-to-many) by one more SELECT per page.
 FULL_VIEW: tuple[ExecutableOption, ...] = (
-    selectinload(Task.assignee),  # type: ignore[arg-type]
+    joinedload(Task.project),  # type: ignore[arg-type]
+    joinedload(Task.assignee),  # type: ignore[arg-type]
+    joinedload(Task.creator),  # type: ignore[arg-type]
     selectinload(Task.subtasks),  # type: ignore[arg-type]
 )
 
@@ -67,6 +62,8 @@ BASIC_COLUMNS: tuple[Any, ...] = (
     col(Task.update_time),
     col(Task.version),
     col(Task.delete_time),
+    col(Task.creator_id),
+    col(Task.due_time),
 )
 BASIC_KEYS = tuple(column.key for column in BASIC_COLUMNS)
 
@@ -86,17 +83,21 @@ _PROJECT_EXISTS = exists().where(
 )
 _ASSIGNEE_ID = bindparam("assignee_id", type_=_TASKS_TABLE.c.assignee_id.type)
 _ASSIGNEE_EXISTS = exists().where(Worker.__table__.c.id == _ASSIGNEE_ID)  # type: ignore[attr-defined]
+_CREATOR_ID = bindparam("creator_id", type_=_TASKS_TABLE.c.creator_id.type)
+_CREATOR_EXISTS = exists().where(Worker.__table__.c.id == _CREATOR_ID)  # type: ignore[attr-defined]
 # Which references exist, when a create inserted nothing: one round trip.
-_REFERENCES_EXIST: Select[Any] = select(_PROJECT_EXISTS, _ASSIGNEE_EXISTS)  # type: ignore[assignment]
-# CreateTask: every column but the id, inserted only if the project and the assignee
-# exist (no row otherwise): the reference check costs no round trip of its own.
+_REFERENCES_EXIST: Select[Any] = select(_PROJECT_EXISTS, _ASSIGNEE_EXISTS, _CREATOR_EXISTS)  # type: ignore[assignment]
+# CreateTask: every column but the id, inserted only if the project, the assignee and
+# the creator exist (no row otherwise): the reference check costs no round trip of its own.
 _INSERT_KEYS = tuple(column.key for column in _TASKS_TABLE.columns if not column.primary_key)
 _INSERT_IF_REFERENCES_EXIST = (
     insert(_TASKS_TABLE)
     .from_select(
         _INSERT_KEYS,
         select(*(bindparam(key, type_=_TASKS_TABLE.c[key].type) for key in _INSERT_KEYS)).where(
-            _PROJECT_EXISTS, or_(_ASSIGNEE_ID.is_(null()), _ASSIGNEE_EXISTS)
+            _PROJECT_EXISTS,
+            or_(_ASSIGNEE_ID.is_(null()), _ASSIGNEE_EXISTS),
+            or_(_CREATOR_ID.is_(null()), _CREATOR_EXISTS),
         ),
     )
     .returning(_TASKS_TABLE.c.id)
@@ -165,16 +166,31 @@ class TaskRepository(Repository[Task]):
         options: Sequence[ExecutableOption] = (),
     ) -> Page[Task]:
         """One keyset page of the tasks matching `task_filter`."""
-        statement = select(Task).where(*self._conditions(task_filter)).options(*options)
+        statement = select(Task).where(*task_conditions(self, task_filter)).options(*options)
         return await self.page(statement, ordering, after, limit)
 
     async def list_rows(
         self, task_filter: TaskFilter, ordering: Ordering, after: Position | None, limit: int
     ) -> Page[Sequence[Any]]:
         """One keyset page as plain rows of BASIC_COLUMNS (the fast path of the BASIC view)."""
-        statement = select(*BASIC_COLUMNS).where(*self._conditions(task_filter))
+        statement = select(*BASIC_COLUMNS).where(*task_conditions(self, task_filter))
         key_index = BASIC_KEYS.index(ordering.field.column.key)
         return await self.page_rows(statement, ordering, after, limit, key_index)
+
+    async def get_rows(self, task_ids: Sequence[int]) -> list[Sequence[Any]]:
+        """Rows of BASIC_COLUMNS for `task_ids` in that order (one statement); NOT_FOUND
+        naming every missing id."""
+        statement = select(*BASIC_COLUMNS).where(self.any_of(col(Task.id), list(set(task_ids))))
+        return self.in_order(task_ids, {row[0]: row for row in await self.fetch_rows(statement)})
+
+    async def get_many(
+        self, task_ids: Sequence[int], options: Sequence[ExecutableOption] = ()
+    ) -> list[Task]:
+        """Tasks `task_ids` in that order, loaded with `options`; NOT_FOUND naming every
+        missing id."""
+        statement = select(Task).where(self.any_of(col(Task.id), list(set(task_ids))))
+        found = (await self.session.exec(statement.options(*options))).all()
+        return self.in_order(task_ids, {task.id: task for task in found if task.id is not None})
 
     async def get_row(self, task_id: int) -> Sequence[Any]:
         """One task as a row of BASIC_COLUMNS (one statement); NOT_FOUND if missing."""
@@ -182,62 +198,6 @@ class TaskRepository(Repository[Task]):
         if row is None:
             raise self.not_found(task_id)
         return row
-
-    def _conditions(self, f: TaskFilter) -> list[ColumnElement[bool]]:
-        conditions: list[ColumnElement[bool]] = []
-        if not f.show_deleted:
-            conditions.append(col(Task.delete_time).is_(None))
-        if f.project_id is not None:
-            conditions.append(col(Task.project_id) == f.project_id)
-        if f.statuses:
-            conditions.append(self._any_of(col(Task.status), [s.value for s in f.statuses]))
-        if f.priorities:
-            conditions.append(self._any_of(col(Task.priority), [int(p) for p in f.priorities]))
-        if f.assignee_id is not None:
-            conditions.append(col(Task.assignee_id) == f.assignee_id)
-        if f.unassigned:
-            conditions.append(col(Task.assignee_id).is_(None))
-        if f.parent_task_id is not None:
-            conditions.append(col(Task.parent_task_id) == f.parent_task_id)
-        if f.top_level_only:
-            conditions.append(col(Task.parent_task_id).is_(None))
-        if f.tags:
-            conditions.append(self._has_all_tags(f.tags))
-        if f.title_contains:
-            conditions.append(self._title_contains(f.title_contains))
-        conditions.extend(_within(col(Task.create_time), f.create_time))
-        conditions.extend(_within(col(Task.update_time), f.update_time))
-        return conditions
-
-    def _any_of(self, column: Any, values: list[Any]) -> ColumnElement[bool]:
-        if self.dialect == "postgresql":
-            # One array parameter instead of an expanding IN list: the statement text
-            # no longer depends on how many values there are, so it compiles once.
-            return column == any_(literal(values, ARRAY(column.type)))  # type: ignore[no-any-return]
-        return column.in_(values)  # type: ignore[no-any-return]
-
-    def _title_contains(self, text: str) -> ColumnElement[bool]:
-        if self.dialect == "postgresql":
-            # ILIKE, served by the pg_trgm GIN index.
-            return col(Task.title).icontains(text, autoescape=True)
-        # casefold() is registered on each SQLite connection (database.py).
-        return func.casefold(Task.title).contains(text.casefold(), autoescape=True)
-
-    def _has_all_tags(self, tags: tuple[str, ...]) -> ColumnElement[bool]:
-        column = Task.__table__.c.tags  # type: ignore[attr-defined]
-        if self.dialect == "postgresql":
-            # JSONB containment, served by the GIN (jsonb_path_ops) index.
-            # The value travels as JSON text (driver-ready for the raw row path).
-            tags_json = literal(json.dumps(list(tags)), String())
-            return column.op("@>")(cast(tags_json, JSONB))  # type: ignore[no-any-return]
-        # SQLite has no containment operator: one json_each probe per tag.
-        each = func.json_each(column).table_valued("value")
-        return and_(
-            *(
-                exists(select(literal_column("1")).select_from(each).where(each.c.value == tag))
-                for tag in tags
-            )
-        )
 
     async def check_references(self, task: AnyTask) -> None:
         """FAILED_PRECONDITION unless project, assignee and parent exist and fit."""
@@ -247,8 +207,8 @@ class TaskRepository(Repository[Task]):
             await self._check_references(task)
 
     async def _check_references(self, task: AnyTask) -> None:
-        project_exists, assignee_exists = await self._references_exist(
-            task.project_id, task.assignee_id
+        project_exists, assignee_exists, creator_exists = await self._references_exist(
+            task.project_id, task.assignee_id, task.creator_id
         )
         if not project_exists:
             raise FailedPrecondition(
@@ -262,32 +222,43 @@ class TaskRepository(Repository[Task]):
                 f"worker {task.assignee_id} does not exist",
                 assignee_id=task.assignee_id,
             )
+        if not creator_exists:
+            raise FailedPrecondition(
+                "CREATOR_NOT_FOUND",
+                f"worker {task.creator_id} does not exist",
+                creator_id=task.creator_id,
+            )
         if task.parent_task_id is not None:
             await self._check_parent(task)
 
     async def _references_exist(
-        self, project_id: int, assignee_id: int | None
-    ) -> tuple[bool, bool]:
-        """Whether the project and the assignee (if any) exist: one query, at most.
+        self, project_id: int, assignee_id: int | None, creator_id: int | None
+    ) -> tuple[bool, bool, bool]:
+        """Whether the project, the assignee and the creator (if any) exist: one query, at most.
 
         Remembered for the unit of work, so a batch into one project asks once; a row
         deleted meanwhile still cannot be referenced (the foreign keys hold).
         """
-        wanted = {("project", project_id)}
-        if assignee_id is not None:
-            wanted.add(("worker", assignee_id))
-        if not wanted <= self._known_references:
+        known = self._known_references
+        workers = [worker_id for worker_id in (assignee_id, creator_id) if worker_id is not None]
+        wanted = {("project", project_id), *(("worker", worker_id) for worker_id in workers)}
+        if not wanted <= known:
             row = await self.fetch_row(
-                _REFERENCES_EXIST, {"project_id": project_id, "assignee_id": assignee_id}
+                _REFERENCES_EXIST,
+                {"project_id": project_id, "assignee_id": assignee_id, "creator_id": creator_id},
             )
             assert row is not None
-            if row[0]:
-                self._known_references.add(("project", project_id))
-            if row[1] and assignee_id is not None:
-                self._known_references.add(("worker", assignee_id))
+            for (kind, entity_id), exists_now in zip(
+                (("project", project_id), ("worker", assignee_id), ("worker", creator_id)),
+                row,
+                strict=True,
+            ):
+                if exists_now and entity_id is not None:
+                    known.add((kind, entity_id))
         return (
-            ("project", project_id) in self._known_references,
-            assignee_id is None or ("worker", assignee_id) in self._known_references,
+            ("project", project_id) in known,
+            assignee_id is None or ("worker", assignee_id) in known,
+            creator_id is None or ("worker", creator_id) in known,
         )
 
     async def _check_parent(self, task: AnyTask) -> None:
@@ -360,9 +331,13 @@ class TaskRepository(Repository[Task]):
         statement = select(Task).where(col(Task.deleted_with_id) == task_id).with_for_update()
         return list((await self.session.exec(statement)).all())
 
-    async def assigned_to(self, worker_id: int) -> list[Task]:
-        """Every task (deleted or not) assigned to a worker, locked for update."""
-        statement = select(Task).where(col(Task.assignee_id) == worker_id).with_for_update()
+    async def referencing_worker(self, worker_id: int) -> list[Task]:
+        """Every task (deleted or not) assigned to or created by a worker, locked for update."""
+        statement = (
+            select(Task)
+            .where(or_(col(Task.assignee_id) == worker_id, col(Task.creator_id) == worker_id))
+            .with_for_update()
+        )
         return list((await self.session.exec(statement)).all())
 
     async def purge_deleted(
@@ -401,15 +376,6 @@ class TaskRepository(Repository[Task]):
         if self.dialect == "postgresql":
             lock_key = func.hashtextextended(f"taskservice.tree.{project_id}", 0)
             await self.session.exec(select(func.pg_advisory_xact_lock(lock_key)))
-
-
-def _within(column: Any, bounds: TimeBounds) -> list[ColumnElement[bool]]:
-    conditions = []
-    if bounds.start is not None:
-        conditions.append(column >= bounds.start)
-    if bounds.end is not None:
-        conditions.append(column < bounds.end)
-    return conditions
 
 
 def parent_deleted(parent: Task, **metadata: object) -> FailedPrecondition:
