@@ -13,10 +13,13 @@ from sqlmodel import SQLModel, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from sqlmodel.sql.expression import SelectOfScalar
 
-from service.storage.errors import MAX_REPORTED, NotFound
+from service.storage.errors import NotFound
 from service.storage.keyset import Ordering, Position
 
 Entity = TypeVar("Entity", bound=SQLModel)
+
+# How many missing ids a NOT_FOUND names; the error translator bounds its size anyway.
+LISTED_IDS = 30
 
 
 Item = TypeVar("Item")
@@ -112,11 +115,11 @@ class Repository(Generic[Entity]):
 
     def in_order(self, entity_ids: Sequence[int], found: Mapping[int, T]) -> list[T]:
         """`found[id]` for each of `entity_ids` in that order; NOT_FOUND naming the
-        missing ids (the first MAX_REPORTED of them) if any."""
+        missing ids (the first LISTED_IDS of them) if any."""
         missing = list(dict.fromkeys(i for i in entity_ids if i not in found))
         if missing:
-            listed = ", ".join(str(i) for i in missing[:MAX_REPORTED])
-            more = f" and {len(missing) - MAX_REPORTED} more" if len(missing) > MAX_REPORTED else ""
+            listed = ", ".join(str(i) for i in missing[:LISTED_IDS])
+            more = f" and {len(missing) - LISTED_IDS} more" if len(missing) > LISTED_IDS else ""
             raise NotFound(
                 f"{self.resource.upper()}_NOT_FOUND",
                 f"{self.resource}s {listed}{more} do not exist",
