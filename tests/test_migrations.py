@@ -489,6 +489,10 @@ async def test_sqlite_never_reuses_ids_from_0007_on(tmp_path: Path) -> None:
     for table in ("projects", "workers", "tasks"):
         assert "AUTOINCREMENT" in statements[table], table
     assert await task_rows(url) == before
+    await upgrade(url)  # later revisions rebuild tables too: AUTOINCREMENT must survive them
+    statements = await _create_statements(url)
+    for table in ("projects", "workers", "tasks"):
+        assert "AUTOINCREMENT" in statements[table], table
     await check(url)
 
     # The newest project, deleted: the next one gets a new id.

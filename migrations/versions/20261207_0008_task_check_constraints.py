@@ -26,15 +26,19 @@ CHECKS = {
 }
 
 
+# SQLite rebuilds the table in batch mode: keep 0007's AUTOINCREMENT (ids never reused).
+TABLE_KWARGS = {"sqlite_autoincrement": True}
+
+
 def upgrade() -> None:
     """Add the constraints (batch mode: SQLite rebuilds the table, PostgreSQL alters it)."""
-    with op.batch_alter_table("tasks") as batch:
+    with op.batch_alter_table("tasks", table_kwargs=TABLE_KWARGS) as batch:
         for name, condition in CHECKS.items():
             batch.create_check_constraint(op.f(name), condition)
 
 
 def downgrade() -> None:
     """Drop them."""
-    with op.batch_alter_table("tasks") as batch:
+    with op.batch_alter_table("tasks", table_kwargs=TABLE_KWARGS) as batch:
         for name in CHECKS:
             batch.drop_constraint(op.f(name), type_="check")

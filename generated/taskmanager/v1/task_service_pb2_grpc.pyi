@@ -75,7 +75,7 @@ class TaskServiceStub:
     """Returns up to 1000 tasks by id, in request order (AIP-231), soft-deleted
     ones included as with GetTask. All or nothing: if any id names no task,
     the call is NOT_FOUND (reason TASK_NOT_FOUND) and names the missing ids
-    in its message and in ErrorInfo metadata `task_ids` (the first 30) and
+    in its message and in ErrorInfo metadata `task_ids` (the first 10) and
     `missing_count`.
     """
 
@@ -125,7 +125,7 @@ class TaskServiceAsyncStub(TaskServiceStub):
     """Returns up to 1000 tasks by id, in request order (AIP-231), soft-deleted
     ones included as with GetTask. All or nothing: if any id names no task,
     the call is NOT_FOUND (reason TASK_NOT_FOUND) and names the missing ids
-    in its message and in ErrorInfo metadata `task_ids` (the first 30) and
+    in its message and in ErrorInfo metadata `task_ids` (the first 10) and
     `missing_count`.
     """
 
@@ -232,7 +232,7 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         """Returns up to 1000 tasks by id, in request order (AIP-231), soft-deleted
         ones included as with GetTask. All or nothing: if any id names no task,
         the call is NOT_FOUND (reason TASK_NOT_FOUND) and names the missing ids
-        in its message and in ErrorInfo metadata `task_ids` (the first 30) and
+        in its message and in ErrorInfo metadata `task_ids` (the first 10) and
         `missing_count`.
         """
 
