@@ -25,7 +25,9 @@ from service.runtime.metrics import Metrics
 from service.runtime.observability import observe
 from service.runtime.transport import PortInUse, bind, server_options
 from service.settings import Settings
-from service.storage.database import create_engine, make_session_factory
+from service.storage.database import make_session_factory
+from service.storage.engines import create_engine
+from service.storage.replicas import ReplicaSet
 from taskmanager.v1 import (
     project_service_pb2,
     project_service_pb2_grpc,
@@ -56,6 +58,7 @@ class TaskServer:
     deps: Dependencies
     metrics: Metrics | None = None
     probe: DatabaseHealthProbe | None = None
+    replicas: ReplicaSet | None = None
 
     @property
     def metrics_port(self) -> int:
@@ -69,6 +72,8 @@ class TaskServer:
             await self.probe.stop()  # first, so nothing can report SERVING again
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        if self.replicas is not None:
+            await self.replicas.stop()
         await self.engine.dispose()
         if self.metrics is not None:
             await self.metrics.stop()
@@ -77,9 +82,11 @@ class TaskServer:
 async def start_server(settings: Settings) -> TaskServer:
     """Build and start the server on `settings.address`; PortInUse if it is taken."""
     engine = create_engine(settings)
+    replicas = ReplicaSet(settings, engine) if settings.read_database_urls else None
     deps = Dependencies(
         session_factory=make_session_factory(engine),
         page_tokens=PageTokens(settings.page_token_secret.get_secret_value()),
+        replicas=replicas,
     )
     metrics = Metrics(engine) if settings.metrics_port else None
     server = grpc.aio.server(options=server_options(settings))
@@ -113,13 +120,17 @@ async def start_server(settings: Settings) -> TaskServer:
     port = bind(server, settings)
     if metrics is not None:
         metrics.serve(settings)
+    if replicas is not None:
+        await replicas.start()
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     probe = DatabaseHealthProbe.for_settings(settings, health_servicer, ("", *SERVICE_NAMES))
     probe.start()
     log.info("serving on %s (port %d), database %s", settings.address, port, _safe_url(engine))
-    return TaskServer(server, port, engine, health_servicer, deps, metrics, probe=probe)
+    return TaskServer(
+        server, port, engine, health_servicer, deps, metrics, probe=probe, replicas=replicas
+    )
 
 
 def _safe_url(engine: AsyncEngine) -> str:

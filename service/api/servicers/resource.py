@@ -69,20 +69,23 @@ class StandardMethods(Generic[Entity, Resource]):
     async def get(self, entity_id: int, context: Context) -> Resource:
         """One resource by id."""
         require_id("id", entity_id)
-        async with self.deps.unit_of_work(context, read_only=True) as uow:
-            entity = await self.kind.repository(uow).get(entity_id)
+        entity = await self.deps.read(context, lambda uow: self.kind.repository(uow).get(entity_id))
         return self.kind.to_message(entity)
 
     async def list(self, request: Message, context: Context) -> tuple[list[Resource], str]:
         """One page of resources and the next page token."""
         listing, tokens = self.kind.listing, self.deps.page_tokens
         page_request = listing.read(request, tokens, Violations())
-        async with self.deps.unit_of_work(context, read_only=True) as uow:
+
+        async def read(uow: UnitOfWork) -> Page[Entity]:
             page: Page[Entity] = await self.kind.repository(uow).list_page(
                 page_request.ordering, page_request.after, page_request.size
             )
+            return page
+
+        page, read_at = await self.deps.read_at(context, read, page_request.read_at)
         messages = [self.kind.to_message(entity) for entity in page.items]
-        return messages, listing.token_after(tokens, page_request, page.next_position)
+        return messages, listing.token_after(tokens, page_request, page.next_position, read_at)
 
     async def update(self, resource: Resource, fields: Set[str], context: Context) -> Resource:
         """Apply the masked fields, conditional on the etag when one is sent."""
