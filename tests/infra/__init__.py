@@ -1,0 +1,1 @@
+"""Real infrastructure for tests: PgBouncer, a PostgreSQL primary with a streaming standby."""
