@@ -58,10 +58,9 @@ class PgBouncer:
         """Start (or start again, on the same port) and wait until it accepts connections."""
         log = (self.directory / "pgbouncer.stdout").open("ab")
         self.process = subprocess.Popen(  # noqa: S603 - fixed binary, our own config
-            [PGBOUNCER, str(self.config)],
+            as_service_user([PGBOUNCER, str(self.config)]),
             stdout=log,
             stderr=subprocess.STDOUT,
-            **as_service_user(),
         )
         log.close()
         try:

@@ -45,11 +45,17 @@ def free_port(avoid: Sequence[int] = ()) -> int:
     raise RuntimeError(f"no free port in {low}-{high}")
 
 
-def as_service_user() -> dict[str, Any]:
-    """Popen arguments that run a server as the postgres user when we are root."""
+def as_service_user(command: Sequence[str]) -> list[str]:
+    """`command` run as the postgres user when we are root.
+
+    Through setpriv, which execs the command (its pid is the server's), and not
+    Popen(user=...): that forks without vfork in a process where gRPC runs threads, and
+    gRPC's fork handlers then crash the child before it execs.
+    """
     if os.geteuid() != 0:
-        return {}
-    return {"user": SERVICE_USER, "group": pwd.getpwnam(SERVICE_USER).pw_gid}
+        return list(command)
+    setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"
+    return [setpriv, "--reuid", SERVICE_USER, "--regid", SERVICE_USER, "--init-groups", *command]
 
 
 def own_directory(path: Path) -> Path:
@@ -63,8 +69,8 @@ def own_directory(path: Path) -> Path:
 
 def run_as_service_user(command: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
     """Run a PostgreSQL tool (initdb, pg_ctl, ...) as the postgres user; raise on failure."""
-    return subprocess.run(
-        list(command), check=True, capture_output=True, text=True, **as_service_user(), **kwargs
+    return subprocess.run(  # noqa: S603 - PostgreSQL's own tools
+        as_service_user(command), check=True, capture_output=True, text=True, **kwargs
     )
 
 
