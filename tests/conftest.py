@@ -33,6 +33,7 @@ from taskmanager.v1 import (
     worker_service_pb2_grpc,
 )
 from tests.infra.pgbouncer import PgBouncer, start_pgbouncer
+from tests.infra.postgres_cluster import StreamingPair, start_streaming_pair
 
 DEFAULT_TEST_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 START_HINT = (
@@ -146,6 +147,17 @@ async def pgbouncer_url(pgbouncer: PgBouncer) -> AsyncIterator[str]:
     finally:
         _POOLED_URLS.discard(pooled_url)
         await drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def streaming_pair() -> Iterator[StreamingPair]:
+    """A PostgreSQL primary and a streaming hot standby of this run's own (asynchronous
+    replication). Tests that stop the standby or pause its replay must restore it."""
+    pair = start_streaming_pair()
+    try:
+        yield pair
+    finally:
+        pair.remove()
 
 
 def server_settings(database_url: str, **overrides: Any) -> Settings:
