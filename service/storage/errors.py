@@ -196,10 +196,22 @@ def _integrity_error(error: sa_exc.IntegrityError) -> ServiceError:
     return ServiceError("INTERNAL", "internal error")
 
 
+def _caused_by(error: BaseException, kind: type[BaseException]) -> bool:
+    """Whether `error` or an exception it was raised from is a `kind` (drivers wrap them)."""
+    seen: BaseException | None = error
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, kind):
+            return True
+        seen = seen.__cause__
+    return False
+
+
 def _is_unavailable(error: BaseException) -> bool:
     if isinstance(error, OSError | TimeoutError | sa_exc.TimeoutError):
         return True  # connection refused / reset, pool checkout timeout
-    if isinstance(error, TargetServerAttributeNotMatched):
+    if _caused_by(error, TargetServerAttributeNotMatched):
         return True  # a multi-host URL found no primary (yet): a failover is under way
     if isinstance(error, sa_exc.DBAPIError):
         if error.connection_invalidated or isinstance(error, sa_exc.InterfaceError):

@@ -149,6 +149,15 @@ class StreamingPair:
             time.sleep(0.05)
         raise TimeoutError("the standby is not streaming:\n" + self.logs())
 
+    def wait_synchronous(self, timeout: float = 30) -> None:
+        """Wait until the primary's commits wait for the standby (sync_state = 'sync')."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.primary.query("SELECT sync_state FROM pg_stat_replication") == "sync":
+                return
+            time.sleep(0.05)
+        raise TimeoutError("the standby is not synchronous:\n" + self.logs())
+
     def logs(self) -> str:
         """Both servers' logs."""
         return "\n".join(
@@ -169,6 +178,24 @@ class StreamingPair:
         remove_tree(self.root)
 
 
+_template: Path | None = None
+
+
+def _initdb(data: Path) -> None:
+    """A new cluster in `data`: a copy of this run's first initdb (initdb takes seconds)."""
+    global _template  # noqa: PLW0603 - one template per test run
+    if _template is None:
+        root = own_directory(Path(tempfile.mkdtemp(prefix="taskservice-pg-template-")))
+        run_as_service_user(
+            [str(bin_directory() / "initdb"), "-D", str(root / "data"), "-U", SERVICE_USER]
+            + ["--auth=trust", "--encoding=UTF8", "--no-sync", "--no-instructions"],
+            timeout=120,
+        )
+        atexit.register(remove_tree, root)
+        _template = root / "data"
+    subprocess.run(["cp", "-a", str(_template), str(data)], check=True)  # noqa: S603, S607
+
+
 def start_streaming_pair(*, synchronous: bool = False) -> StreamingPair:
     """initdb a primary, pg_basebackup -R a standby from it, start both, wait for streaming.
 
@@ -182,29 +209,29 @@ def start_streaming_pair(*, synchronous: bool = False) -> StreamingPair:
     pair = StreamingPair(root, primary, standby)
     atexit.register(pair.remove)  # even if the test run is interrupted
     try:
-        run_as_service_user(
-            [str(bin_directory() / "initdb"), "-D", str(primary.data), "-U", SERVICE_USER]
-            + ["--auth=trust", "--encoding=UTF8", "--no-sync", "--no-instructions"],
-            timeout=120,
-        )
+        _initdb(primary.data)
         primary.configure(
             {
                 **SERVER_SETTINGS,
                 "port": str(primary.port),
                 "unix_socket_directories": f"'{root}'",
-                "synchronous_standby_names": "'*'" if synchronous else "''",
             }
         )
         primary.start()
         run_as_service_user(
             [str(bin_directory() / "pg_basebackup"), "-h", "127.0.0.1", "-p", str(primary.port)]
-            + ["-U", SERVICE_USER, "-D", str(standby.data), "-R", "-X", "stream", "-c", "fast"],
+            + ["-U", SERVICE_USER, "-D", str(standby.data), "-R", "-X", "stream", "-c", "fast"]
+            + ["--no-sync"],
             timeout=120,
         )
         # A promoted standby has no standby of its own: it must not wait for one.
         standby.configure({"port": str(standby.port), "synchronous_standby_names": "''"})
         standby.start()
         pair.wait_streaming()
+        if synchronous:  # only now: pg_basebackup's own WAL stream is no standby to wait for
+            primary.query("ALTER SYSTEM SET synchronous_standby_names = '*'")
+            primary.query("SELECT pg_reload_conf()")
+            pair.wait_synchronous()
     except BaseException:
         pair.remove()
         raise
