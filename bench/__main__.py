@@ -2,6 +2,7 @@
 
     python -m bench pagination ...   keyset pages, streams and searches (bench/pagination.py)
     python -m bench perf ...         issue 6 throughput benchmark (bench/perf/)
+    python -m bench scaleout ...     PgBouncer and read replica costs (bench/perf/scaleout.py)
     python -m bench ...              the same as `pagination` (the original command line)
 
 `python -m bench <command> --help` lists each command's options.
@@ -12,7 +13,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 
-COMMANDS = ("pagination", "perf")
+COMMANDS = ("pagination", "perf", "scaleout")
 DEFAULT_COMMAND = "pagination"
 
 
@@ -27,6 +28,8 @@ def _entry(command: str) -> Callable[[Sequence[str]], int]:
     # Imported on demand: each bench pulls in its own dependencies.
     if command == "perf":
         from bench.perf.main import main
+    elif command == "scaleout":
+        from bench.perf.scaleout import main
     else:
         from bench.pagination import main
     return main

@@ -20,9 +20,11 @@ from typing import Any
 import asyncpg
 import grpc
 import pytest
+from sqlalchemy import text
 
 from service.runtime.server import TaskServer, start_server
 from service.storage import migrate
+from service.storage.engines import create_engine
 from taskmanager.v1 import (
     project_service_pb2,
     project_service_pb2_grpc,
@@ -495,3 +497,27 @@ async def test_migrations_run_through_the_pooler(shared_pool: PgBouncer) -> None
 def make_dsn(url: str) -> str:
     """asyncpg DSN of a SQLAlchemy URL."""
     return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+async def test_pooled_statements_are_cached_unnamed_and_parsed_with_each_execution(
+    shared_pool: PgBouncer, database: tuple[str, str]
+) -> None:
+    # The mechanism behind database_pooler=transaction: SQLAlchemy keeps its prepared
+    # statement objects (no describe round trip once cached), asyncpg names none of them
+    # and sends Parse with every Bind (one round trip, on whichever server connection).
+    engine = create_engine(
+        server_settings(shared_pool.url(database[1]), database_pooler="transaction")
+    )
+    statement = text("SELECT CAST(:value AS integer) + 1")
+    try:
+        async with engine.connect() as connection:
+            for value in range(5):
+                assert (await connection.execute(statement, {"value": value})).scalar() == value + 1
+            raw = await connection.get_raw_connection()
+            cached = list(raw.dbapi_connection._prepared_statement_cache.values())  # type: ignore[union-attr]
+    finally:
+        await engine.dispose()
+    states = [prepared._state for prepared, _, _ in cached]
+    assert states  # cached on the client: no Parse/Describe round trip before each execution
+    assert all(state.name == "" for state in states)  # nothing named on the server
+    assert not any(state.prepared for state in states)  # so asyncpg re-parses it every time

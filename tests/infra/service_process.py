@@ -12,6 +12,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
@@ -44,6 +47,15 @@ class ServiceProcess:
         return "".join(self.log)
 
 
+async def _wait_serving(port: int) -> None:
+    """Wait for a health check answer: the process then also handles SIGTERM (its signal
+    handlers are installed before its event loop answers any call)."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=START_TIMEOUT, wait_for_ready=True
+        )
+
+
 @asynccontextmanager
 async def service_process(*flags: str, **settings: str) -> AsyncIterator[ServiceProcess]:
     """Serve on an ephemeral loopback port with `flags` and TASKSERVICE_ `settings`;
@@ -72,8 +84,12 @@ async def service_process(*flags: str, **settings: str) -> AsyncIterator[Service
             log.append(line.decode())
 
     try:
-        port = await asyncio.wait_for(port_from_log(process.stderr), START_TIMEOUT)
+        try:
+            port = await asyncio.wait_for(port_from_log(process.stderr), START_TIMEOUT)
+        except TimeoutError:
+            raise TimeoutError("the server did not start serving:\n" + "".join(log)) from None
         draining = asyncio.create_task(drain(process.stderr))
+        await _wait_serving(port)
         yield ServiceProcess(port, process, log)
         process.send_signal(signal.SIGTERM)
         await asyncio.wait_for(process.wait(), STOP_TIMEOUT)
