@@ -130,7 +130,9 @@ class Replica:
         if not self.healthy:
             log.info("read replica %s is healthy", self.name)
         self.healthy = True
-        self.position = max(self.position, position or 0)
+        # As reported, even if lower than before: a restarted standby opens for reads
+        # before it has replayed again what it had replayed before the restart.
+        self.position = position or 0
         self.lag = self._history.lag_of(self.position, time.monotonic())
         self._release_waiters()
         return True

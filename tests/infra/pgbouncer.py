@@ -54,8 +54,19 @@ class PgBouncer:
         """Whether the process is alive."""
         return self.process is not None and self.process.poll() is None
 
-    def start(self) -> None:
-        """Start (or start again, on the same port) and wait until it accepts connections."""
+    def start(self, attempts: int = 3) -> None:
+        """Start (or start again, on the same port) and wait until it accepts connections;
+        a restart may find the port still held for a moment, hence a few attempts."""
+        for attempt in range(attempts):
+            try:
+                self._start_once()
+                return
+            except RuntimeError:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.2)
+
+    def _start_once(self) -> None:
         log = (self.directory / "pgbouncer.stdout").open("ab")
         self.process = subprocess.Popen(  # noqa: S603 - fixed binary, our own config
             as_service_user([PGBOUNCER, str(self.config)]),
@@ -176,7 +187,7 @@ def start_pgbouncer(
         )
         bouncer = PgBouncer(port, own_directory(directory), config)
         try:
-            bouncer.start()
+            bouncer.start(attempts=1)
         except RuntimeError as error:
             last_error = error
             bouncer.remove()
