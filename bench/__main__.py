@@ -1,4 +1,4 @@
-"""Command line: `python -m bench [pagination|perf] [options]` (no command: pagination)."""
+"""Command line: `python -m bench [pagination|perf|scaleout] [options]` (no command: pagination)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ from collections.abc import Sequence
 
 from bench.core.run import run_bench
 
-COMMANDS = ("pagination", "perf")
-USAGE = """usage: python -m bench [pagination|perf] [options]
+COMMANDS = ("pagination", "perf", "scaleout")
+USAGE = """usage: python -m bench [pagination|perf|scaleout] [options]
 
     python -m bench pagination ...   keyset pages, streams and searches (bench/pagination/)
     python -m bench perf ...         unary RPC throughput under load (bench/perf/)
+    python -m bench scaleout ...     PgBouncer and read-replica costs (bench/perf/scaleout.py)
     python -m bench ...              the same as `pagination`
 
 `python -m bench <command> --help` lists each command's options.
@@ -32,6 +33,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(USAGE)
         return 0
     command, rest = split_command(args)
+    if command == "scaleout":
+        # Its own command line: it starts PgBouncer and a primary/standby pair of its own.
+        from bench.perf.scaleout import main as scaleout
+
+        return scaleout(rest)
     return run_bench(command, rest)
 
 

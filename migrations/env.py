@@ -66,10 +66,12 @@ def _run_sync(connection: Connection) -> None:
 
 async def run_migrations_online() -> None:
     """Migrate through the same async driver the service uses."""
-    from service.storage.database import create_engine, write_options
+    from service.storage.engines import create_engine, write_options
 
+    pooler = config.attributes.get("database_pooler") or Settings().database_pooler
     engine = create_engine(
-        Settings(database_url=_database_url(), pool_pre_ping=False), foreign_keys=False
+        Settings(database_url=_database_url(), pool_pre_ping=False, database_pooler=pooler),
+        foreign_keys=False,
     )
     try:
         async with engine.connect() as connection:

@@ -17,8 +17,10 @@ from service.settings import Settings
 
 
 def _parser() -> argparse.ArgumentParser:
+    # allow_abbrev=False: a shortened or mistyped flag is an error, never another setting.
     parser = argparse.ArgumentParser(
         prog="taskservice",
+        allow_abbrev=False,
         description="TaskService gRPC server. Flags override TASKSERVICE_* environment variables.",
     )
     parser.add_argument(
@@ -76,9 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve" and settings.workers > 1:
         return _supervise(settings)
     if args.command == "migrate" or settings.migrate:
-        from service.storage.migrate import upgrade
+        from service.storage.migrate import upgrade_configured
 
-        upgrade(settings.database_url)
+        upgrade_configured(settings)
         if args.command == "migrate":
             return 0
     if args.command == "purge":

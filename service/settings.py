@@ -2,33 +2,75 @@
 
 from __future__ import annotations
 
+import difflib
+import os
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./var/taskservice.db"
+ENV_PREFIX = "TASKSERVICE_"
+# scheme://[userinfo@]hosts[/database][?query]: libpq's URI form, whose host part may
+# list several host[:port] entries separated by commas.
+_LIBPQ_URI = re.compile(
+    r"(?P<scheme>[^:/]+)://(?:(?P<userinfo>[^@/?]*)@)?(?P<hosts>[^/?]*)(?P<rest>.*)"
+)
+_DEFAULT_PORT = "5432"
 
 
 def normalise_database_url(url: str) -> str:
-    """Map `postgres://` and `postgresql://` URLs to the asyncpg driver."""
+    """Map `postgres://` and `postgresql://` URLs to the asyncpg driver, and libpq's
+    multi-host form (`h1:5432,h2:5433`) to SQLAlchemy's (`?host=h1:5432&host=h2:5433`)."""
     for prefix in ("postgres://", "postgresql://"):
         if url.startswith(prefix):
-            return "postgresql+asyncpg://" + url[len(prefix) :]
+            url = "postgresql+asyncpg://" + url[len(prefix) :]
     if url.startswith("sqlite://") and not url.startswith("sqlite+aiosqlite://"):
         return "sqlite+aiosqlite://" + url[len("sqlite://") :]
+    if url.startswith("postgresql"):
+        return _multi_host_as_query(url)
     return url
+
+
+def _multi_host_as_query(url: str) -> str:
+    """libpq's `postgresql://u@h1:5432,h2:5433/db?x=y` as SQLAlchemy's
+    `postgresql://u@/db?host=h1:5432&host=h2:5433&x=y` (asyncpg needs every port)."""
+    match = _LIBPQ_URI.fullmatch(url)
+    if match is None or "," not in match["hosts"]:
+        return url
+    hosts = [_with_port(host) for host in match["hosts"].split(",")]
+    path, _, query = match["rest"].partition("?")
+    params = "&".join([*(f"host={host}" for host in hosts), *([query] if query else [])])
+    userinfo = f"{match['userinfo']}@" if match["userinfo"] is not None else ""
+    return f"{match['scheme']}://{userinfo}{path or '/'}?{params}"
+
+
+def _with_port(host: str) -> str:
+    bracketed = host.startswith("[")  # an IPv6 address: [::1]:5432
+    has_port = host.rpartition("]")[2].startswith(":") if bracketed else ":" in host
+    return host if has_port else f"{host}:{_DEFAULT_PORT}"
+
+
+def unknown_environment_variables(environ: dict[str, str] | os._Environ[str]) -> list[str]:
+    """TASKSERVICE_* variables that name no setting (typos must not run with defaults)."""
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    return sorted(
+        key for key in environ if key.upper().startswith(ENV_PREFIX) and key.upper() not in known
+    )
 
 
 class Settings(BaseSettings):
     """Everything the server can be configured with."""
 
-    model_config = SettingsConfigDict(env_prefix="TASKSERVICE_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
 
     database_url: str = Field(
         default=DEFAULT_DATABASE_URL,
-        description="SQLAlchemy URL; postgres:// and postgresql:// mean asyncpg.",
+        description="SQLAlchemy URL; postgres:// and postgresql:// mean asyncpg. Several "
+        "hosts (failover): libpq's postgresql://h1:5432,h2:5432/db?target_session_attrs="
+        "read-write or SQLAlchemy's ?host=h1:5432&host=h2:5432.",
     )
     address: str = Field(default="[::]:50051", description="host:port the gRPC server binds.")
     pool_size: int = Field(default=10, ge=1, description="Connections kept in the pool.")
@@ -147,13 +189,82 @@ class Settings(BaseSettings):
     health_probe_interval: float = Field(
         default=5.0, gt=0, description="Seconds between database health probes."
     )
+    # --- scaling out --------------------------------------------------------------
+    database_pooler: Literal["none", "transaction"] = Field(
+        default="none",
+        description="transaction: database_url (and read_database_urls) lead to a "
+        "transaction-pooling PgBouncer; no server-side prepared statements, no session state.",
+    )
+    session_database_url: str | None = Field(
+        default=None,
+        description="Direct (session) connection for what needs one: migrations, LISTEN. "
+        "Unset: database_url.",
+    )
+    read_database_urls: list[str] = Field(
+        default_factory=list,
+        description="Hot standbys for Get*, List*, Stream* and ListTaskEvents, as a JSON list "
+        "of URLs (each its own pool); writes return x-consistency-token.",
+    )
+    max_replica_lag: float = Field(
+        default=1.0,
+        gt=0,
+        description="Seconds a standby may be behind the primary and still serve reads "
+        "that send no consistency token.",
+    )
+    replica_wait: float = Field(
+        default=0.1,
+        ge=0,
+        description="Seconds a read with a consistency token waits for a standby to replay "
+        "it (never past the call's deadline) before the primary serves it.",
+    )
+    replica_check_interval: float = Field(
+        default=0.2,
+        gt=0,
+        description="Seconds between checks of each standby's health and replay position.",
+    )
 
-    @field_validator("database_url")
+    @field_validator("database_url", "session_database_url")
     @classmethod
-    def _normalise_url(cls, value: str) -> str:
-        return normalise_database_url(value)
+    def _normalise_url(cls, value: str | None) -> str | None:
+        return None if value is None else normalise_database_url(value)
+
+    @field_validator("read_database_urls")
+    @classmethod
+    def _normalise_urls(cls, values: list[str]) -> list[str]:
+        urls = [normalise_database_url(value) for value in values]
+        if any(not url.startswith("postgresql") for url in urls):
+            raise ValueError("read replicas must be PostgreSQL hot standbys")
+        return urls
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        unknown = unknown_environment_variables(os.environ)
+        if unknown:
+            raise ValueError("unknown settings in the environment: " + _suggest(unknown))
+        if self.is_sqlite and (self.read_database_urls or self.database_pooler != "none"):
+            raise ValueError("read_database_urls and database_pooler need PostgreSQL")
+        return self
 
     @property
     def is_sqlite(self) -> bool:
         """True when the embedded SQLite backend is configured."""
         return self.database_url.startswith("sqlite")
+
+    @property
+    def session_url(self) -> str:
+        """The URL of features that need a session connection (migrations, LISTEN)."""
+        return self.session_database_url or self.database_url
+
+    @property
+    def session_url_is_pooled(self) -> bool:
+        """Whether session_url leads to the transaction pooler (no session state there)."""
+        return self.database_pooler == "transaction" and self.session_database_url is None
+
+
+def _suggest(names: list[str]) -> str:
+    known = [ENV_PREFIX + name.upper() for name in Settings.model_fields]
+    described = []
+    for name in names:
+        close = difflib.get_close_matches(name.upper(), known, n=1)
+        described.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    return ", ".join(described) + "; see `taskservice --help`"

@@ -6,6 +6,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,8 @@ from taskmanager.v1 import (
     worker_service_pb2,
     worker_service_pb2_grpc,
 )
+from tests.infra.pgbouncer import PgBouncer, start_pgbouncer
+from tests.infra.postgres_cluster import StreamingPair, start_streaming_pair
 
 DEFAULT_TEST_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 START_HINT = (
@@ -39,7 +42,13 @@ START_HINT = (
     "    pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start\n"
     "or point TEST_DATABASE_URL at a PostgreSQL you may create databases on."
 )
-BACKENDS = ("postgres", "sqlite")
+# "pgbouncer": PostgreSQL through a real transaction-pooling PgBouncer with a small pool
+# (database_pooler=transaction). Only modules marked `through_pgbouncer` run with it.
+BACKENDS = ("postgres", "sqlite", "pgbouncer")
+THROUGH_PGBOUNCER = "through_pgbouncer"
+PGBOUNCER_POOL_SIZE = 4
+# URLs that lead to a transaction-pooling PgBouncer (server_settings configures them).
+_POOLED_URLS: set[str] = set()
 
 
 def _admin_dsn() -> tuple[str, str]:
@@ -73,18 +82,112 @@ def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     return f"sqlite+aiosqlite:///{path}"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the pgbouncer backend only for modules marked `through_pgbouncer`."""
+    kept, deselected = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        through_pgbouncer = callspec is not None and callspec.params.get("database_url") == (
+            "pgbouncer"
+        )
+        if through_pgbouncer and item.get_closest_marker(THROUGH_PGBOUNCER) is None:
+            deselected.append(item)
+        else:
+            kept.append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept
+
+
+@pytest.fixture(scope="session")
+def pgbouncer() -> Iterator[PgBouncer]:
+    """A transaction-pooling PgBouncer with a small pool in front of the test PostgreSQL."""
+    server = make_url(_admin_dsn()[0])
+    bouncer = start_pgbouncer(
+        server_host=server.host or "127.0.0.1",
+        server_port=server.port or 5432,
+        pool_size=PGBOUNCER_POOL_SIZE,
+    )
+    try:
+        yield bouncer
+    finally:
+        bouncer.remove()
+
+
+async def _create_database(suffix: str) -> tuple[str, str]:
+    """(direct SQLAlchemy URL, name) of a new, empty database; drop_database() removes it."""
+    url, dsn = _admin_dsn()
+    admin = await asyncpg.connect(dsn, timeout=10)
+    name = f"taskservice_{suffix}_{uuid.uuid4().hex[:12]}"
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return make_url(url).set(database=name).render_as_string(hide_password=False), name
+
+
+async def drop_database(name: str) -> None:
+    """Drop a database made by _create_database, whoever is still connected."""
+    admin = await asyncpg.connect(_admin_dsn()[1], timeout=10)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(scope="session")
+async def pgbouncer_url(pgbouncer: PgBouncer) -> AsyncIterator[str]:
+    """A database of its own, migrated directly, reached through the PgBouncer."""
+    direct_url, name = await _create_database("test_pooled")
+    await asyncio.to_thread(migrate.upgrade, direct_url)
+    pooled_url = pgbouncer.url(name)
+    _POOLED_URLS.add(pooled_url)
+    try:
+        yield pooled_url
+    finally:
+        _POOLED_URLS.discard(pooled_url)
+        await drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def streaming_pair() -> Iterator[StreamingPair]:
+    """A PostgreSQL primary and a streaming hot standby of this run's own (asynchronous
+    replication). Tests that stop the standby or pause its replay must restore it."""
+    pair = start_streaming_pair()
+    try:
+        yield pair
+    finally:
+        pair.remove()
+
+
+def server_settings(database_url: str, **overrides: Any) -> Settings:
+    """Settings of a test server on `database_url` (through PgBouncer: pooler on)."""
+    if database_url in _POOLED_URLS:
+        overrides.setdefault("database_pooler", "transaction")
+    overrides.setdefault("address", "127.0.0.1:0")
+    return Settings(database_url=database_url, **overrides)
+
+
 @pytest.fixture(scope="session", params=BACKENDS)
-async def database_url(request: pytest.FixtureRequest, postgres_url: str, sqlite_url: str) -> str:
-    """A migrated database of each backend; API tests run once per backend."""
-    url = postgres_url if request.param == "postgres" else sqlite_url
-    await asyncio.to_thread(migrate.upgrade, url)
+def database_url(request: pytest.FixtureRequest) -> str:
+    """A migrated database of each backend; API tests run once per backend.
+
+    Synchronous, so that it starts only the backend asked for (getfixturevalue); the
+    migration runs in a thread, whose asyncio.run leaves the tests' event loop alone.
+    """
+    if request.param == "pgbouncer":
+        pooled: str = request.getfixturevalue("pgbouncer_url")
+        return pooled
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    with ThreadPoolExecutor(max_workers=1) as thread:
+        thread.submit(migrate.upgrade, url).result()
     return url
 
 
 @pytest.fixture(scope="session")
 async def server(database_url: str) -> AsyncIterator[TaskServer]:
     """The real server, on an ephemeral loopback port."""
-    running = await start_server(Settings(database_url=database_url, address="127.0.0.1:0"))
+    running = await start_server(server_settings(database_url))
     yield running
     await running.stop(grace=1)
 

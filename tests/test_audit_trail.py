@@ -40,6 +40,9 @@ from tests.safe_writes import (
     update_worker_call,
 )
 
+# Also through a transaction-pooling PgBouncer (the pgbouncer backend, conftest.py).
+pytestmark = pytest.mark.through_pgbouncer
+
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import grpc
+import pytest
 
 from taskmanager.v1 import project_service_pb2, resources_pb2
 from tests.conftest import unique
 from tests.rpc_errors import expect_failure
+
+# Also through a transaction-pooling PgBouncer (the pgbouncer backend, conftest.py).
+pytestmark = pytest.mark.through_pgbouncer
 
 
 async def test_top_level_name_creates_the_project(projects):

@@ -29,6 +29,9 @@ from tests.safe_writes import (
     update_worker_call,
 )
 
+# Also through a transaction-pooling PgBouncer (the pgbouncer backend, conftest.py).
+pytestmark = pytest.mark.through_pgbouncer
+
 ABORTED = grpc.StatusCode.ABORTED
 
 

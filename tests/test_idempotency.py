@@ -38,6 +38,9 @@ from tests.safe_writes import (
     update_task,
 )
 
+# Also through a transaction-pooling PgBouncer (the pgbouncer backend, conftest.py).
+pytestmark = pytest.mark.through_pgbouncer
+
 ROOT = Path(__file__).resolve().parent.parent
 CONCURRENT_CALLS = 20
 ALREADY_EXISTS = grpc.StatusCode.ALREADY_EXISTS

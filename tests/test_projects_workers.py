@@ -20,6 +20,9 @@ from taskmanager.v1 import (
 from tests.conftest import create_task, unique
 from tests.rpc_errors import expect_failure, read_failure
 
+# Also through a transaction-pooling PgBouncer (the pgbouncer backend, conftest.py).
+pytestmark = pytest.mark.through_pgbouncer
+
 ProjectStub = project_service_pb2_grpc.ProjectServiceStub
 WorkerStub = worker_service_pb2_grpc.WorkerServiceStub
 TaskStub = task_service_pb2_grpc.TaskServiceStub

@@ -72,6 +72,9 @@ from taskmanager.v1 import (
 from tests.conftest import unique
 from tests.rpc_errors import read_failure
 
+# Also through a transaction-pooling PgBouncer (the pgbouncer backend, conftest.py).
+pytestmark = pytest.mark.through_pgbouncer
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 

@@ -21,6 +21,9 @@ from tests.safe_writes import (
     update_task_call,
 )
 
+# Also through a transaction-pooling PgBouncer (the pgbouncer backend, conftest.py).
+pytestmark = pytest.mark.through_pgbouncer
+
 FAILED_PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
 
 

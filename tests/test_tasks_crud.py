@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
 
 from taskmanager.v1 import (
@@ -18,6 +19,9 @@ from taskmanager.v1 import (
 )
 from tests.conftest import StatementCounter, create_task, unique
 from tests.rpc_errors import expect_failure
+
+# Also through a transaction-pooling PgBouncer (the pgbouncer backend, conftest.py).
+pytestmark = pytest.mark.through_pgbouncer
 
 Tasks = task_service_pb2_grpc.TaskServiceStub
 Workers = worker_service_pb2_grpc.WorkerServiceStub

@@ -27,6 +27,9 @@ from taskmanager.v1 import (
 from tests.conftest import StatementCounter, create_task, unique
 from tests.rpc_errors import expect_failure
 
+# Also through a transaction-pooling PgBouncer (the pgbouncer backend, conftest.py).
+pytestmark = pytest.mark.through_pgbouncer
+
 Stub = task_service_pb2_grpc.TaskServiceStub
 Task = resources_pb2.Task
 

@@ -13,6 +13,9 @@ from tests.conftest import create_task
 from tests.rpc_errors import expect_failure
 from tests.seeding import seed_tasks
 
+# Also through a transaction-pooling PgBouncer (the pgbouncer backend, conftest.py).
+pytestmark = pytest.mark.through_pgbouncer
+
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 

@@ -8,11 +8,13 @@ import grpc
 import pytest
 
 from service.runtime.server import TaskServer, start_server
-from service.settings import Settings
 from taskmanager.v1 import resources_pb2, task_service_pb2, task_service_pb2_grpc
-from tests.conftest import create_task, wait_until
+from tests.conftest import create_task, server_settings, wait_until
 from tests.rpc_errors import expect_failure, read_failure
 from tests.seeding import seed_tasks
+
+# Also through a transaction-pooling PgBouncer (the pgbouncer backend, conftest.py).
+pytestmark = pytest.mark.through_pgbouncer
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
@@ -172,7 +174,7 @@ async def test_stream_past_its_deadline_stops_the_server_work(tasks, project, se
 @pytest.fixture
 async def own_server(database_url: str):
     """A second server on the same database that a test may shut down."""
-    running = await start_server(Settings(database_url=database_url, address="127.0.0.1:0"))
+    running = await start_server(server_settings(database_url))
     yield running
     await running.stop(grace=0)
 

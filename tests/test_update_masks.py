@@ -24,6 +24,9 @@ from tests.safe_writes import (
     update_worker_call,
 )
 
+# Also through a transaction-pooling PgBouncer (the pgbouncer backend, conftest.py).
+pytestmark = pytest.mark.through_pgbouncer
+
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 OUTPUT_ONLY_TASK_PATHS = ["id", "create_time", "update_time", "etag", "delete_time"]
 MUTABLE_TASK_FIELDS = [

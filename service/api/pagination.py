@@ -4,6 +4,8 @@ A token carries the last row's sort key and id (never an offset), so each
 page costs one index range scan however deep it is. Tokens are Fernet
 (AES + HMAC) encrypted, hence opaque and tamper-evident, and bound to the
 query they came from by a fingerprint of the request minus its paging fields.
+With read replicas a token also carries the WAL position its page was read at,
+so the next page is never read where that position is not replayed yet.
 """
 
 from __future__ import annotations
@@ -60,8 +62,11 @@ class PageTokens:
         key = base64.urlsafe_b64encode(hashlib.sha256(secret.encode()).digest())
         self._fernet = Fernet(key)
 
-    def encode(self, query: str, ordering: Ordering, position: Position) -> str:
-        """Token for the page after `position` of the query fingerprinted `query`."""
+    def encode(
+        self, query: str, ordering: Ordering, position: Position, read_at: int | None = None
+    ) -> str:
+        """Token for the page after `position` of the query fingerprinted `query`, whose
+        page was read at WAL position `read_at` (with replicas; absent otherwise)."""
         payload = {
             "v": TOKEN_VERSION,
             "q": query,
@@ -69,22 +74,33 @@ class PageTokens:
             "k": ordering.field.encode(position.key),
             "i": position.id,
         }
+        if read_at is not None:
+            payload["l"] = read_at  # optional: tokens without it stay valid
         token = self._fernet.encrypt(json.dumps(payload, separators=(",", ":")).encode())
         return token.decode().rstrip("=")
 
     def decode(self, token: str, query: str, ordering: Ordering, field: str) -> Position:
         """The position in `token`; INVALID_ARGUMENT if foreign, damaged or for another query."""
+        return self.decode_read(token, query, ordering, field)[0]
+
+    def decode_read(
+        self, token: str, query: str, ordering: Ordering, field: str
+    ) -> tuple[Position, int | None]:
+        """`decode`, and the WAL position the token's page was read at (None if unknown)."""
         try:
             padded = token + "=" * (-len(token) % 4)
             payload = json.loads(self._fernet.decrypt(padded.encode()))
             if payload["v"] != TOKEN_VERSION:
                 raise ValueError("unknown token version")
             position = Position(ordering.field.decode(payload["k"]), decode_id(payload["i"]))
+            read_at = payload.get("l")
+            if read_at is not None and (type(read_at) is not int or read_at < 0):
+                raise ValueError("bad read position")
         except (InvalidToken, ValueError, KeyError, TypeError, OverflowError) as error:
             raise _bad_token(field, "is not a valid token from this service") from error
         if payload["q"] != query or payload["o"] != ordering.name:
             raise _bad_token(field, "belongs to a request with other filters or order")
-        return position
+        return position, read_at
 
 
 def _bad_token(field: str, description: str) -> InvalidArgument:
@@ -101,6 +117,7 @@ class PageRequest:
     size: int
     after: Position | None
     query: str
+    read_at: int | None = None  # WAL position the previous page was read at, if known
 
 
 @dataclass(frozen=True)
@@ -125,12 +142,21 @@ class Pagination:
         violations.raise_if_any()
         query = fingerprint(request, self.method, (self.size_field, self.token_field))
         token = getattr(request, self.token_field)
-        after = tokens.decode(token, query, ordering, self.token_field) if token else None
+        after, read_at = (
+            tokens.decode_read(token, query, ordering, self.token_field) if token else (None, None)
+        )
         size = clamp_size(requested, self.default_size, self.max_size)
-        return PageRequest(ordering, size, after, query)
+        return PageRequest(ordering, size, after, query, read_at)
 
-    def token_after(self, tokens: PageTokens, page: PageRequest, position: Position | None) -> str:
-        """The token that continues after `position`; empty when there is nothing more."""
+    def token_after(
+        self,
+        tokens: PageTokens,
+        page: PageRequest,
+        position: Position | None,
+        read_at: int | None = None,
+    ) -> str:
+        """The token that continues after `position` (read at WAL position `read_at`);
+        empty when there is nothing more."""
         if position is None:
             return ""
-        return tokens.encode(page.query, page.ordering, position)
+        return tokens.encode(page.query, page.ordering, position, read_at)

@@ -13,7 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.settings import Settings
-from service.storage.database import create_probe_engine
+from service.storage.engines import create_probe_engine
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,9 @@ from service.runtime.observability import observe
 from service.runtime.tracing import Tracing, start_tracing
 from service.runtime.transport import PortInUse, bind, server_options
 from service.settings import Settings
-from service.storage.database import create_engine, make_session_factory
+from service.storage.database import make_session_factory
+from service.storage.engines import create_engine
+from service.storage.replicas import ReplicaSet
 from taskmanager.v1 import (
     project_service_pb2,
     project_service_pb2_grpc,
@@ -59,6 +61,7 @@ class TaskServer:
     metrics: Metrics | None = None
     probe: DatabaseHealthProbe | None = None
     tracing: Tracing | None = None
+    replicas: ReplicaSet | None = None
 
     @property
     def metrics_port(self) -> int:
@@ -72,6 +75,8 @@ class TaskServer:
             await self.probe.stop()  # first, so nothing can report SERVING again
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        if self.replicas is not None:
+            await self.replicas.stop()
         await self.engine.dispose()
         if self.metrics is not None:
             await self.metrics.stop()
@@ -82,9 +87,11 @@ class TaskServer:
 async def start_server(settings: Settings) -> TaskServer:
     """Build and start the server on `settings.address`; PortInUse if it is taken."""
     engine = create_engine(settings)
+    replicas = ReplicaSet(settings, engine) if settings.read_database_urls else None
     deps = Dependencies(
         session_factory=make_session_factory(engine),
         page_tokens=PageTokens(settings.page_token_secret.get_secret_value()),
+        replicas=replicas,
     )
     metrics = Metrics(engine) if settings.metrics_port else None
     tracing = start_tracing(settings)  # None (and no per-call cost) unless configured
@@ -124,6 +131,8 @@ async def start_server(settings: Settings) -> TaskServer:
     port = bind(server, settings)
     if metrics is not None:
         metrics.serve(settings)
+    if replicas is not None:
+        await replicas.start()
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -131,7 +140,15 @@ async def start_server(settings: Settings) -> TaskServer:
     probe.start()
     log.info("serving on %s (port %d), database %s", settings.address, port, _safe_url(engine))
     return TaskServer(
-        server, port, engine, health_servicer, deps, metrics, probe=probe, tracing=tracing
+        server,
+        port,
+        engine,
+        health_servicer,
+        deps,
+        metrics,
+        probe=probe,
+        tracing=tracing,
+        replicas=replicas,
     )
 
 

@@ -171,9 +171,9 @@ def _run_once(
 
 
 def _migrate(settings: Settings) -> None:
-    from service.storage.migrate import upgrade  # imports the models, and with them grpc
+    from service.storage.migrate import upgrade_configured  # imports models, and grpc
 
-    upgrade(settings.database_url)
+    upgrade_configured(settings)
 
 
 def _serve(settings: Settings) -> None:

@@ -4,157 +4,52 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
 
-from sqlalchemy import event, exc, text
-from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy import event, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel import Session
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from service.settings import Settings
 from service.storage.audit_snapshots import Snapshot
+from service.storage.engines import (
+    READ_ONLY,
+    create_engine,
+    create_probe_engine,
+    ping_idle_connections,
+    write_options,
+)
 from service.storage.repositories.audit import AuditRepository, AuditValues, event_values
 from service.storage.repositories.base import RELEASE_AFTER_STATEMENT
 from service.storage.repositories.idempotency import IdempotencyRepository
 from service.storage.repositories.projects import ProjectRepository
 from service.storage.repositories.tasks import TaskRepository
 from service.storage.repositories.workers import WorkerRepository
-from service.storage.statement_log import log_statements
 
-_RETURNED_AT = "taskservice_returned_at"
+# Engines moved to engines.py; these names stay importable from here.
+__all__ = [
+    "DEADLINE",
+    "READ_ONLY",
+    "SessionFactory",
+    "UnitOfWork",
+    "create_engine",
+    "create_probe_engine",
+    "make_session_factory",
+    "ping_idle_connections",
+    "statement_timeout_ms",
+    "write_options",
+]
 
 # session.info key: the time.monotonic() by which the caller stops waiting.
 DEADLINE = "deadline"
-# Connection execution option: this transaction only reads.
-READ_ONLY = "taskservice_read_only"
-# PostgreSQL: how pooled connections rest, and what a unit of work that writes asks for.
-_RESTING_ISOLATION = "AUTOCOMMIT"
-_WRITE_ISOLATION = "READ COMMITTED"
 _MAX_STATEMENT_TIMEOUT_MS = 2**31 - 1  # PostgreSQL's limit for statement_timeout
 # One bound parameter (not a literal per value), so asyncpg prepares it once per connection.
+# is_local = true: SET LOCAL, so the timeout ends with the transaction; no session state
+# (a transaction-pooling PgBouncer hands the server connection to others afterwards).
 _SET_STATEMENT_TIMEOUT = text("SELECT set_config('statement_timeout', :ms, true)")
-
-
-def create_engine(settings: Settings, *, foreign_keys: bool = True) -> AsyncEngine:
-    """Create the process's engine for the configured database.
-
-    `foreign_keys=False` is for migrations on SQLite, whose batch mode rebuilds
-    tables and must not trip over references while a table is briefly gone.
-    """
-    if settings.is_sqlite:
-        engine = _create_sqlite_engine(settings, foreign_keys)
-    else:
-        # Connections rest in AUTOCOMMIT, the mode of every read (see
-        # _read_only_options), so the hottest RPCs switch nothing at checkout and
-        # reset nothing at checkin; whatever writes asks for a transaction (write_options).
-        engine = create_async_engine(
-            settings.database_url,
-            isolation_level=_RESTING_ISOLATION,
-            pool_pre_ping=settings.pool_pre_ping,
-            pool_size=settings.pool_size,
-            max_overflow=settings.max_overflow,
-            pool_timeout=settings.pool_timeout,
-            pool_recycle=_recycle_seconds(settings),
-        )
-    if settings.sql_log:
-        log_statements(engine)
-    if settings.pool_ping_after_idle > 0 and not settings.pool_pre_ping:
-        ping_idle_connections(engine, settings.pool_ping_after_idle)
-    return engine
-
-
-def _recycle_seconds(settings: Settings) -> float:
-    """SQLAlchemy's pool_recycle: replace connections this old at checkout; -1 = never."""
-    return settings.pool_recycle if settings.pool_recycle > 0 else -1
-
-
-def ping_idle_connections(engine: AsyncEngine, idle_seconds: float) -> None:
-    """Ping a pooled connection at checkout only if it sat idle `idle_seconds`.
-
-    Per-checkout pre-ping costs a round trip per RPC (`;` on our connections resting
-    in AUTOCOMMIT; BEGIN, ping, ROLLBACK on asyncpg otherwise). Busy connections are
-    used again within moments; a connection that dies while busy fails its statement,
-    SQLAlchemy invalidates the pool, the RPC gets UNAVAILABLE (retryable) and the next
-    checkouts reconnect. Idle connections are the ones a database restart or an idle
-    timeout silently kills: ping those.
-    """
-    sync_engine = engine.sync_engine
-
-    @event.listens_for(sync_engine, "checkin")
-    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
-        record.info[_RETURNED_AT] = time.monotonic()
-
-    @event.listens_for(sync_engine, "checkout")
-    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
-        returned_at = record.info.get(_RETURNED_AT)
-        if returned_at is None or time.monotonic() - returned_at < idle_seconds:
-            return
-        try:
-            alive = sync_engine.dialect.do_ping(dbapi_connection)
-        except Exception as error:  # noqa: BLE001 - any failure means "use another"
-            raise exc.DisconnectionError("idle connection failed its ping") from error
-        if not alive:
-            raise exc.DisconnectionError("idle connection failed its ping")
-
-
-def create_probe_engine(settings: Settings) -> AsyncEngine:
-    """A one-connection engine for health probes, apart from the RPCs' pool."""
-    return create_async_engine(
-        settings.database_url, pool_size=1, max_overflow=0, pool_pre_ping=False
-    )
-
-
-def _create_sqlite_engine(settings: Settings, foreign_keys: bool) -> AsyncEngine:
-    database = make_url(settings.database_url).database
-    if database and database != ":memory:":
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(
-        settings.database_url,
-        pool_pre_ping=settings.pool_pre_ping,
-        pool_size=settings.pool_size,
-        max_overflow=settings.max_overflow,
-        pool_timeout=settings.pool_timeout,
-        pool_recycle=_recycle_seconds(settings),
-        connect_args={"timeout": 30},
-    )
-    _use_immediate_transactions(engine, foreign_keys)
-    return engine
-
-
-def _use_immediate_transactions(engine: AsyncEngine, foreign_keys: bool) -> None:
-    """Make SQLite enforce foreign keys and take the write lock at BEGIN for writers.
-
-    Deferred SQLite transactions that read and then write fail with
-    "database is locked" under concurrency instead of waiting; BEGIN IMMEDIATE
-    makes concurrent writers queue on busy_timeout instead (SQLAlchemy's pysqlite
-    recipe, which applies to aiosqlite too). Read-only units of work send no BEGIN:
-    in WAL mode their statements then never wait for, nor block, a writer.
-    """
-
-    @event.listens_for(engine.sync_engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        # busy_timeout first: switching to WAL needs a lock another connection may hold.
-        cursor.execute("PRAGMA busy_timeout = 30000")
-        cursor.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
-        cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.close()
-        # SQLite's lower()/LIKE fold ASCII only; title_contains needs Unicode case folding.
-        dbapi_connection.create_function("casefold", 1, _casefold, deterministic=True)
-
-    @event.listens_for(engine.sync_engine, "begin")
-    def _on_begin(connection: Any) -> None:
-        # Reads run without BEGIN: each statement is its own implicit transaction.
-        if not connection.get_execution_options().get(READ_ONLY, False):
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-
-def _casefold(value: str | None) -> str | None:
-    return None if value is None else value.casefold()
 
 
 class SessionFactory(async_sessionmaker[AsyncSession]):
@@ -203,16 +98,6 @@ def statement_timeout_ms(deadline: float) -> int:
     return min(max(remaining, 1), _MAX_STATEMENT_TIMEOUT_MS)
 
 
-def write_options(dialect_name: str) -> dict[str, Any]:
-    """Connection execution options for work that writes: a READ COMMITTED transaction.
-
-    PostgreSQL connections of create_engine rest in AUTOCOMMIT, where BEGIN is a no-op;
-    SQLAlchemy applies this at checkout and restores AUTOCOMMIT at checkin. SQLite's
-    engine sends its own BEGIN IMMEDIATE.
-    """
-    return {"isolation_level": _WRITE_ISOLATION} if dialect_name == "postgresql" else {}
-
-
 def _read_only_options(dialect_name: str) -> dict[str, Any]:
     """Execution options of a read-only unit of work: no transaction around its reads.
 
@@ -230,7 +115,8 @@ class UnitOfWork:
     a statement_timeout of the time left, so abandoned queries do not outlive the call.
     `read_only` units of work never commit and run their reads outside a transaction;
     their Core statements hold a connection only while they run (ORM loads, such as the
-    FULL view, keep theirs until the unit of work ends).
+    FULL view, keep theirs until the unit of work ends). `after_success` runs once the
+    unit of work ended without an error (e.g. to report the write's WAL position).
     """
 
     def __init__(
@@ -240,11 +126,13 @@ class UnitOfWork:
         *,
         deadline: float | None = None,
         read_only: bool = False,
+        after_success: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._session_factory = session_factory
         self.actor = actor
         self.deadline = deadline
         self.read_only = read_only
+        self._after_success = after_success
 
     async def __aenter__(self) -> UnitOfWork:
         factory = self._session_factory
@@ -278,6 +166,8 @@ class UnitOfWork:
         # a GetTask's CPU, measured in-process). Its objects stay readable, as after a commit.
         if self.session.in_transaction():
             await self.session.close()
+        if exc is None and self._after_success is not None:
+            await self._after_success()
 
     def record(
         self,

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from asyncpg.exceptions import TargetServerAttributeNotMatched
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import exc as orm_exc
 
@@ -143,8 +144,10 @@ _UNIQUE_REASONS = {
     "uq_projects_name": ("PROJECT_NAME_TAKEN", "a project with this name already exists"),
     "uq_workers_email": ("WORKER_EMAIL_TAKEN", "a worker with this email already exists"),
 }
-# PostgreSQL SQLSTATE classes that mean "the database is not reachable now".
-_UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "53", "57P")
+# PostgreSQL SQLSTATE classes that mean "the database is not reachable now" (PgBouncer
+# reports its own failures as 08P01), and read_only_sql_transaction: a write reached a
+# standby or a demoted primary, as happens during a failover.
+_UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "53", "57P", "25006")
 _ABORTED_SQLSTATES = {"40001", "40P01"}
 # query_canceled: statement_timeout, set from the RPC deadline (see database.py), fired.
 _QUERY_CANCELED = "57014"
@@ -212,9 +215,23 @@ def _sqlite_unavailable(orig: BaseException | None) -> bool:
     return code is None or code & 0xFF in _SQLITE_UNAVAILABLE
 
 
+def _caused_by(error: BaseException, kind: type[BaseException]) -> bool:
+    """Whether `error` or an exception it was raised from is a `kind` (drivers wrap them)."""
+    seen: BaseException | None = error
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, kind):
+            return True
+        seen = seen.__cause__
+    return False
+
+
 def _is_unavailable(error: BaseException) -> bool:
     if isinstance(error, OSError | TimeoutError | sa_exc.TimeoutError):
         return True  # connection refused / reset, pool checkout timeout
+    if _caused_by(error, TargetServerAttributeNotMatched):
+        return True  # a multi-host URL found no primary (yet): a failover is under way
     if isinstance(error, sa_exc.DBAPIError):
         if error.connection_invalidated or isinstance(error, sa_exc.InterfaceError):
             return True

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from service.settings import Settings
-from service.storage.database import UnitOfWork, create_engine, make_session_factory
+from service.storage.database import UnitOfWork, make_session_factory
+from service.storage.engines import create_engine
 from service.storage.models import utc_now
 
 TASK_RETENTION_DAYS = 30

@@ -1,1 +1,2 @@
-"""Real infrastructure for tests: server processes, nginx in front of them, ports."""
+"""Real infrastructure for tests: server processes, nginx, PgBouncer, a PostgreSQL primary
+with a streaming standby, ports."""

@@ -15,7 +15,7 @@ from service.api.validation import Violations, check_id
 from service.storage.database import UnitOfWork
 from service.storage.keyset import int_field
 from service.storage.models import AuditEvent
-from service.storage.repositories.base import Repository
+from service.storage.repositories.base import Page, Repository
 from taskmanager.v1 import resources_pb2
 
 Context = Any  # grpc.aio.ServicerContext
@@ -55,7 +55,8 @@ class History:
         check_id(violations, id_field, entity_id)
         listing = self.listing
         page_request = listing.read(request, deps.page_tokens, violations)
-        async with deps.unit_of_work(context, read_only=True) as uow:
+
+        async def read(uow: UnitOfWork) -> Page[AuditEvent]:
             page = await uow.audit.history(
                 self.entity_type,
                 entity_id,
@@ -67,8 +68,13 @@ class History:
                 repository = self.repository(uow)
                 if not await repository.exists(entity_id):
                     raise repository.not_found(entity_id)
+            return page
+
+        page, read_at = await deps.read_at(context, read, page_request.read_at)
         events = [event_to_message(event) for event in page.items]
-        return events, listing.token_after(deps.page_tokens, page_request, page.next_position)
+        return events, listing.token_after(
+            deps.page_tokens, page_request, page.next_position, read_at
+        )
 
 
 TASK_HISTORY = History("ListTaskEvents", "task", lambda uow: uow.tasks)

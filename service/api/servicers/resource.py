@@ -81,9 +81,13 @@ class StandardMethods(Generic[Entity, Resource]):
         check_id(violations, "id", entity_id)
         full = self._is_full(view, violations)
         violations.raise_if_any()
-        async with self.deps.unit_of_work(context, read_only=True) as uow:
+
+        async def read(uow: UnitOfWork) -> tuple[Entity, dict[int, TaskCounts] | None]:
             entity = await self.kind.repository(uow).get(entity_id)
             counts = await self.kind.task_counts(uow, [entity_id]) if full else None
+            return entity, counts
+
+        entity, counts = await self.deps.read(context, read)
         return self._message(entity, counts)
 
     async def list(self, request: Message, context: Context) -> tuple[list[Resource], str]:
@@ -93,14 +97,17 @@ class StandardMethods(Generic[Entity, Resource]):
         full = self._is_full(request.view, violations)  # type: ignore[attr-defined]
         page_request = listing.read(request, tokens, violations)
         list_filter = self.kind.list_filter(request)
-        async with self.deps.unit_of_work(context, read_only=True) as uow:
+
+        async def read(uow: UnitOfWork) -> tuple[Page[Entity], dict[int, TaskCounts] | None]:
             page: Page[Entity] = await self.kind.repository(uow).list_page(
                 list_filter, page_request.ordering, page_request.after, page_request.size
             )
             ids = [entity.id for entity in page.items]  # type: ignore[attr-defined]
-            counts = await self.kind.task_counts(uow, ids) if full else None
+            return page, await self.kind.task_counts(uow, ids) if full else None
+
+        (page, counts), read_at = await self.deps.read_at(context, read, page_request.read_at)
         messages = [self._message(entity, counts) for entity in page.items]
-        return messages, listing.token_after(tokens, page_request, page.next_position)
+        return messages, listing.token_after(tokens, page_request, page.next_position, read_at)
 
     def _is_full(self, view: int, violations: Violations) -> bool:
         check_enum(violations, "view", view, self.kind.view_enum, allow_unspecified=True)

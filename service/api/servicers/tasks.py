@@ -119,18 +119,19 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         check_id(violations, "id", request.id)
         check_enum(violations, "view", request.view, resources_pb2.TaskView, allow_unspecified=True)
         violations.raise_if_any()
-        async with self.deps.unit_of_work(context, read_only=True) as uow:
-            if request.view != resources_pb2.TASK_VIEW_FULL:
-                return task_row_to_message(await uow.tasks.get_row(request.id))
-            task = await uow.tasks.get(request.id, FULL_VIEW)
+        if request.view != resources_pb2.TASK_VIEW_FULL:
+            row = await self.deps.read(context, lambda uow: uow.tasks.get_row(request.id))
+            return task_row_to_message(row)
+        task = await self.deps.read(context, lambda uow: uow.tasks.get(request.id, FULL_VIEW))
         return task_to_message(task, request.view)
 
     async def BatchGetTasks(
         self, request: pb.BatchGetTasksRequest, context: Context
     ) -> pb.BatchGetTasksResponse:
         check_batch_get_tasks(request)
-        async with self.deps.unit_of_work(context, read_only=True) as uow:
-            found = await read_tasks_by_id(uow, request.ids, request.view)
+        found = await self.deps.read(
+            context, lambda uow: read_tasks_by_id(uow, request.ids, request.view)
+        )
         response = pb.BatchGetTasksResponse()
         add_task_messages(response.tasks, found, request.view)
         return response
@@ -139,14 +140,15 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         self, request: pb.ListTasksRequest, context: Context
     ) -> pb.ListTasksResponse:
         page_request = LIST_TASKS.read(request, self.deps.page_tokens, check_task_filter(request))
-        async with self.deps.unit_of_work(context, read_only=True) as uow:
-            task_filter = task_filter_from(request, utc_now())
-            page = await read_tasks(
-                uow, task_filter, page_request, page_request.after, request.view
-            )
+        task_filter, after = task_filter_from(request, utc_now()), page_request.after
+        page, read_at = await self.deps.read_at(
+            context,
+            lambda uow: read_tasks(uow, task_filter, page_request, after, request.view),
+            page_request.read_at,
+        )
         response = pb.ListTasksResponse(
             next_page_token=LIST_TASKS.token_after(
-                self.deps.page_tokens, page_request, page.next_position
+                self.deps.page_tokens, page_request, page.next_position, read_at
             ),
         )
         add_task_messages(response.tasks, page.items, request.view)
@@ -165,26 +167,31 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
     ) -> AsyncIterator[pb.StreamTasksResponse]:
         task_filter = task_filter_from(request, utc_now())
 
-        async def read(after: Position | None) -> Page[Any]:
-            # One short transaction per batch: no connection is held while the
-            # client reads.
-            async with self.deps.unit_of_work(context, read_only=True) as uow:
-                return await read_tasks(uow, task_filter, stream, after, request.view)
+        async def read(after: Position | None, at: int | None) -> tuple[Page[Any], int | None]:
+            # One short read per batch: no connection is held while the client reads.
+            # Each batch is read where the previous one's position is replayed.
+            return await self.deps.read_at(
+                context,
+                lambda uow: read_tasks(uow, task_filter, stream, after, request.view),
+                at,
+            )
 
         # Read one batch ahead: the next query runs while gRPC flow control holds
         # the previous batch, and memory stays bounded by two batches.
-        pending: asyncio.Future[Page[Any]] | None = asyncio.ensure_future(read(stream.after))
+        pending: asyncio.Future[tuple[Page[Any], int | None]] | None = asyncio.ensure_future(
+            read(stream.after, stream.read_at)
+        )
         try:
             while pending is not None:
-                page = await pending
+                page, read_at = await pending
                 pending = None
                 if page.last_position is None:
                     return
                 if page.more:
-                    pending = asyncio.ensure_future(read(page.last_position))
+                    pending = asyncio.ensure_future(read(page.last_position, read_at))
                 response = pb.StreamTasksResponse(
                     resume_token=STREAM_TASKS.token_after(
-                        self.deps.page_tokens, stream, page.last_position
+                        self.deps.page_tokens, stream, page.last_position, read_at
                     ),
                 )
                 add_task_messages(response.tasks, page.items, request.view)
