@@ -145,10 +145,14 @@ def check_answer(command: Command, output: str) -> None:
     request, method = request_of(command), method_of(command)
     if method == "Check":
         assert answers == [{"status": "SERVING"}]
-    elif method.startswith(("List", "Stream")):
-        tasks = [task for answer in answers for task in answer.get("tasks", [])]
-        assert tasks, f"{command}: no tasks in {output}"
-        assert {field(task, "projectId") for task in tasks} == {request["projectId"]}
+    elif method.startswith(("List", "Stream", "BatchGet")):
+        # The one repeated field of the answer: tasks, workers, projects or events.
+        items = [
+            item for answer in answers for v in answer.values() if isinstance(v, list) for item in v
+        ]
+        assert items, f"{command}: nothing listed in {output}"
+        if "projectId" in request and method.endswith("Tasks"):
+            assert {field(item, "projectId") for item in items} == {request["projectId"]}
     else:
         [answer] = answers
         # The resource sent (task, project, worker) comes back with the same fields.
