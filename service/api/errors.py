@@ -2,8 +2,8 @@
 
 Servicers and repositories raise the domain errors of `service.storage.errors` (or let
 database exceptions escape); `translate_errors`, the innermost handler layer, turns them
-into a `google.rpc.Status` with ErrorInfo (AIP-193) and, for invalid requests,
-BadRequest. Nothing else in the service picks status codes.
+into a `google.rpc.Status` with ErrorInfo (AIP-193), BadRequest for invalid requests and
+RetryInfo when overloaded. Nothing else in the service picks status codes.
 """
 
 from __future__ import annotations
@@ -21,7 +21,12 @@ from grpc_status import rpc_status
 
 from service.api.call_context import request_id_metadata
 from service.api.handler_layers import replace_behavior
-from service.storage.errors import InvalidArgument, ServiceError, to_service_error
+from service.storage.errors import (
+    InvalidArgument,
+    ResourceExhausted,
+    ServiceError,
+    to_service_error,
+)
 
 DOMAIN = "taskmanager.v1"
 log = logging.getLogger(__name__)
@@ -41,6 +46,10 @@ def to_rpc_status(error: ServiceError) -> grpc.Status:
             ]
         )
         details.append(_pack(bad_request))
+    if isinstance(error, ResourceExhausted):
+        retry_info = error_details_pb2.RetryInfo()
+        retry_info.retry_delay.FromNanoseconds(round(error.retry_delay * 1e9))
+        details.append(_pack(retry_info))
     status = status_pb2.Status(
         code=code_pb2.Code.Value(error.code), message=error.message, details=details
     )

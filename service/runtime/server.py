@@ -1,10 +1,11 @@
-"""Wiring: engine, servicers, reflection, health, error translation, graceful shutdown."""
+"""Wiring: engine, servicers, reflection, health, admission, error translation, draining stop."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
+import time
 from dataclasses import dataclass
 
 import grpc
@@ -19,6 +20,7 @@ from service.api.servicers.dependencies import Dependencies
 from service.api.servicers.projects import ProjectServicer
 from service.api.servicers.tasks import TaskServicer
 from service.api.servicers.workers import WorkerServicer
+from service.runtime.admission import AdmissionGate, admission
 from service.runtime.auth import auth_layers
 from service.runtime.health_probe import DatabaseHealthProbe
 from service.runtime.metrics import Metrics
@@ -43,6 +45,16 @@ SERVICE_NAMES = (
     project_service_pb2.DESCRIPTOR.services_by_name["ProjectService"].full_name,
     worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
 )
+# Methods that never take an admission slot ("/package.Service/Method"): long-lived,
+# mostly idle streams such as a change feed, which must not be refused for overload.
+ADMISSION_EXEMPT: frozenset[str] = frozenset()
+# Once the last gated call ended, wait until no new call was refused for this long
+# before stopping gRPC: a call reaching grpc-core after its shutdown began is cancelled
+# (CANCELLED, not retried), so stop only once callers have gone elsewhere.
+QUIET_BEFORE_STOP_S = 0.1
+# What is left for grpc's own stop: only ungated calls (health, reflection) can still
+# run, and a health Watch never ends by itself.
+UNGATED_GRACE_S = 1.0
 
 
 @dataclass
@@ -54,6 +66,7 @@ class TaskServer:
     engine: AsyncEngine
     health: health.aio.HealthServicer
     deps: Dependencies
+    gate: AdmissionGate
     metrics: Metrics | None = None
     probe: DatabaseHealthProbe | None = None
 
@@ -62,35 +75,68 @@ class TaskServer:
         """The bound /metrics port; 0 when metrics are off."""
         return self.metrics.port if self.metrics else 0
 
-    async def stop(self, grace: float) -> None:
-        """Refuse new RPCs, let in-flight ones finish within `grace`, release the pool."""
-        self.deps.shutting_down.set()
+    async def stop(self, grace: float, *, drain_delay: float = 0.0) -> None:
+        """Drain, then stop: health NOT_SERVING at once; serve on for `drain_delay` while
+        balancers notice; then refuse new calls (UNAVAILABLE) and end streams after their
+        current batch; give calls in flight up to `grace` to finish; stop gRPC once
+        callers are quiet; release the pool."""
         if self.probe is not None:
             await self.probe.stop()  # first, so nothing can report SERVING again
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
+        if drain_delay > 0:
+            log.info("draining: NOT_SERVING, serving on for %.1f s", drain_delay)
+            await asyncio.sleep(drain_delay)
+        self.gate.stop_accepting()
+        self.deps.shutting_down.set()
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + grace
+        log.info("refusing new calls; %d in flight get %.1f s", self.gate.in_flight, grace)
+        try:
+            async with asyncio.timeout_at(give_up):
+                await self.gate.wait_idle()
+                await self._quiet()
+        except TimeoutError:
+            log.warning(
+                "%d calls still in flight after the grace: cancelling them", self.gate.in_flight
+            )
+        await self.server.stop(min(UNGATED_GRACE_S, max(0.0, give_up - loop.time())))
         await self.engine.dispose()
         if self.metrics is not None:
             await self.metrics.stop()
+
+    async def _quiet(self) -> None:
+        """Return once no call has been refused for QUIET_BEFORE_STOP_S."""
+        while (left := self.gate.last_refusal + QUIET_BEFORE_STOP_S - time.monotonic()) > 0:
+            await asyncio.sleep(left)
 
 
 async def start_server(settings: Settings) -> TaskServer:
     """Build and start the server on `settings.address`; PortInUse if it is taken."""
     engine = create_engine(settings)
+    metrics = Metrics(engine) if settings.metrics_port else None
+    gate = AdmissionGate(
+        settings.admission_limit,
+        settings.max_queued_rpcs,
+        metrics.admission if metrics else None,
+    )
+    if metrics is not None:
+        metrics.watch_admission(gate)
     deps = Dependencies(
         session_factory=make_session_factory(engine),
         page_tokens=PageTokens(settings.page_token_secret.get_secret_value()),
+        admission=gate,
     )
-    metrics = Metrics(engine) if settings.metrics_port else None
     server = grpc.aio.server(options=server_options(settings))
     # Every handler is wrapped once, outermost first: logs and metrics see the final
-    # status of every RPC, authentication runs before any handler, the error translator
-    # innermost. (Layers at registration, not interceptors: see handler_layers.)
+    # status of every RPC, authentication runs before any handler (a refused call takes
+    # no slot), then admission, the error translator innermost. (Layers at
+    # registration, not interceptors: see handler_layers.)
     services = LayeredRegistration(
         server,
         stack(
             observe(metrics.rpc if metrics else None, log_all=settings.rpc_log == "all"),
             *auth_layers(settings),
+            admission(gate, ADMISSION_EXEMPT),
             translate_errors,
         ),
     )
@@ -119,7 +165,7 @@ async def start_server(settings: Settings) -> TaskServer:
     probe = DatabaseHealthProbe.for_settings(settings, health_servicer, ("", *SERVICE_NAMES))
     probe.start()
     log.info("serving on %s (port %d), database %s", settings.address, port, _safe_url(engine))
-    return TaskServer(server, port, engine, health_servicer, deps, metrics, probe=probe)
+    return TaskServer(server, port, engine, health_servicer, deps, gate, metrics, probe=probe)
 
 
 def _safe_url(engine: AsyncEngine) -> str:
@@ -127,15 +173,30 @@ def _safe_url(engine: AsyncEngine) -> str:
 
 
 async def serve(settings: Settings) -> None:
-    """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+    """Serve until SIGTERM or SIGINT, then drain and shut down gracefully.
+
+    SIGTERM (a deploy) drains for `drain_delay`; SIGINT (Ctrl-C: nobody balances a
+    terminal) skips the delay.
+    """
     running = await start_server(settings)
-    stop = asyncio.Event()
+    received: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, _first_signal, received, signum)
     # A supervisor starts workers with these signals blocked; now they can be handled.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGTERM, signal.SIGINT))
-    await stop.wait()
-    log.info("shutting down; in-flight RPCs get %.1f s", settings.shutdown_grace)
-    await running.stop(settings.shutdown_grace)
+    first = await received
+    drain_delay = settings.drain_delay if first == signal.SIGTERM else 0.0
+    log.info(
+        "shutting down (%s); drain %.1f s, then in-flight RPCs get %.1f s",
+        signal.Signals(first).name,
+        drain_delay,
+        settings.shutdown_grace,
+    )
+    await running.stop(settings.shutdown_grace, drain_delay=drain_delay)
     log.info("stopped")
+
+
+def _first_signal(received: asyncio.Future[int], signum: int) -> None:
+    if not received.done():
+        received.set_result(signum)

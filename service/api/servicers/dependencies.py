@@ -1,40 +1,63 @@
-"""What every servicer needs from the process: sessions, tokens, the shutdown signal."""
+"""What every servicer needs from the process: sessions, tokens, admission, the shutdown signal."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from service.api.call_context import current_principal
+from service.api.call_context import ANONYMOUS, Caller, claimed_actor, current_caller
 from service.api.pagination import PageTokens
 from service.storage.database import SessionFactory, UnitOfWork
-
-ACTOR_KEY = "x-actor"
-ANONYMOUS = "anonymous"
 
 
 def actor_of(context: Any) -> str:
     """Who is calling, for the audit trail: the authenticated principal when auth is on,
     else the `x-actor` metadata (unverified, for local use), else anonymous."""
-    principal = current_principal()
-    if principal is not None:
-        return principal
+    caller = current_caller()
+    if caller is not None:
+        return caller.actor
     if context is None:
         return ANONYMOUS
-    for key, value in context.invocation_metadata() or ():
-        if key == ACTOR_KEY and isinstance(value, str) and value.strip():
-            return value.strip()[:200]
-    return ANONYMOUS
+    # No observability layer in front (a servicer called directly): the call is running,
+    # so its metadata can be read now.
+    return Caller(claimed_actor(context.invocation_metadata())).actor
 
 
 def deadline_of(context: Any) -> float | None:
     """When the caller stops waiting, on the time.monotonic() clock; None without a deadline."""
     remaining = None if context is None else context.time_remaining()
     return None if remaining is None else time.monotonic() + remaining
+
+
+def time_left(deadline: float | None) -> Callable[[], float | None]:
+    """Seconds left until `deadline` (time.monotonic()), read when called; None: no deadline."""
+    return lambda: None if deadline is None else deadline - time.monotonic()
+
+
+class Admission(Protocol):
+    """The process's admission gate, as a stream's batch reads meet it."""
+
+    def slot(
+        self, remaining: Callable[[], float | None], *, bounded: bool = True
+    ) -> AbstractAsyncContextManager[None]:
+        """Hold a slot for the block; ResourceExhausted when overloaded. `bounded` False:
+        wait in line even when the queue is full (a stream that was admitted already)."""
+        ...
+
+
+class Unlimited:
+    """No admission control: every slot is free at once."""
+
+    @asynccontextmanager
+    async def slot(
+        self, remaining: Callable[[], float | None], *, bounded: bool = True
+    ) -> AsyncIterator[None]:
+        """Hold nothing."""
+        yield
 
 
 @dataclass
@@ -44,6 +67,7 @@ class Dependencies:
     session_factory: SessionFactory
     page_tokens: PageTokens
     shutting_down: asyncio.Event = field(default_factory=asyncio.Event)
+    admission: Admission = field(default_factory=Unlimited)
     open_streams: int = 0
 
     def unit_of_work(self, context: Any = None, *, read_only: bool = False) -> UnitOfWork:

@@ -25,7 +25,7 @@ from service.api.requests import (
     check_task_filter,
     check_update_task,
 )
-from service.api.servicers.dependencies import Dependencies
+from service.api.servicers.dependencies import Dependencies, deadline_of, time_left
 from service.api.validation import Violations, check_enum, check_id, require_id
 from service.storage.audit_snapshots import task_snapshot
 from service.storage.database import UnitOfWork
@@ -198,16 +198,24 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         self, request: pb.StreamTasksRequest, stream: PageRequest, context: Context
     ) -> AsyncIterator[pb.StreamTasksResponse]:
         task_filter = task_filter_from(request)
+        remaining = time_left(deadline_of(context))
 
-        async def read(after: Position | None) -> Page[Any]:
-            # One short transaction per batch: no connection is held while the
-            # client reads.
-            async with self.deps.unit_of_work(context, read_only=True) as uow:
+        async def read(after: Position | None, *, first: bool = False) -> Page[Any]:
+            # One short read per batch, holding an admission slot only while it runs:
+            # no connection and no slot is held while the client reads. A read-ahead
+            # may outlive the RPC until the stream is finalised, so it must not use the
+            # context (only what was read from it above).
+            async with (
+                self.deps.admission.slot(remaining, bounded=first),
+                self.deps.unit_of_work(read_only=True) as uow,
+            ):
                 return await _read_tasks(uow, task_filter, stream, after, request.view)
 
         # Read one batch ahead: the next query runs while gRPC flow control holds
         # the previous batch, and memory stays bounded by two batches.
-        pending: asyncio.Future[Page[Any]] | None = asyncio.ensure_future(read(stream.after))
+        pending: asyncio.Future[Page[Any]] | None = asyncio.ensure_future(
+            read(stream.after, first=True)
+        )
         try:
             while pending is not None:
                 page = await pending
