@@ -73,6 +73,13 @@ def current_principal() -> str | None:
     return None if caller is None else caller.principal
 
 
+def distrust_claimed_actor() -> None:
+    """Authentication is on: the caller is who its token names, never what x-actor claims."""
+    caller = _caller.get()
+    if caller is not None:
+        caller.claimed = None
+
+
 def set_principal(principal: str) -> None:
     """Record the authenticated caller of the RPC this task handles."""
     caller = _caller.get()

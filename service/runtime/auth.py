@@ -22,7 +22,7 @@ import grpc
 from grpc_health.v1 import health
 from grpc_reflection.v1alpha import reflection
 
-from service.api.call_context import set_principal
+from service.api.call_context import distrust_claimed_actor, set_principal
 from service.api.errors import abort_with
 from service.api.handler_layers import Layer, replace_behavior
 from service.settings import Settings
@@ -153,6 +153,7 @@ async def _admit_or_abort(table: TokenTable, method: str, context: Any) -> None:
 
     The principal is recorded before the permission check, so a refused call is logged
     as who made it."""
+    distrust_claimed_actor()
     try:
         principal = table.authenticate(context.invocation_metadata())
         set_principal(principal)
