@@ -8,7 +8,7 @@ from typing import Any
 from service.runtime.server import TaskServer
 from service.settings import Settings
 from service.storage.database import SessionFactory, create_engine, make_session_factory
-from service.storage.models import Task, utc_now
+from service.storage.models import Project, Task, utc_now
 
 
 async def seed_tasks(server: TaskServer, project_id: int, count: int, **fields: Any) -> list[int]:
@@ -44,3 +44,20 @@ async def _insert_tasks(
         session.add_all(entities)
         await session.commit()
     return [entity.id for entity in entities if entity.id is not None]
+
+
+async def seed_project_at(database_url: str, name: str, tasks: int = 0) -> int:
+    """A new project named `name` with `tasks` seeded tasks, written without a server."""
+    engine = create_engine(Settings(database_url=database_url))
+    try:
+        factory = make_session_factory(engine)
+        now = utc_now()
+        project = Project(name=name, create_time=now, update_time=now)
+        async with factory() as session:
+            session.add(project)
+            await session.commit()
+        assert project.id is not None
+        await _insert_tasks(factory, project.id, tasks)
+        return project.id
+    finally:
+        await engine.dispose()

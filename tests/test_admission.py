@@ -320,5 +320,5 @@ async def test_a_draining_gate_refuses_new_calls_and_reports_idle() -> None:
     idle = asyncio.create_task(gate.wait_idle())
     await asyncio.sleep(0)
     assert not idle.done()
-    gate.ended()
+    gate.call_done(None)
     await asyncio.wait_for(idle, TIMEOUT)

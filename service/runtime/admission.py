@@ -12,10 +12,8 @@ never take a slot.
 
 The gate also drains: once `stop_accepting()` is called, new calls are refused with
 UNAVAILABLE (SERVER_SHUTTING_DOWN), which retry policies retry elsewhere, while every
-call already received (queued ones too) runs to its end; `wait_idle()` tells when.
-Refusing in the application keeps grpc-core accepting and dispatching streams until
-the last call is done: core's own shutdown cancels calls it accepted but had not handed
-to Python yet (clients see CANCELLED, which nothing retries).
+call already received (queued ones too) runs to its end; `wait_idle()` tells when (see
+service.runtime.shutdown).
 """
 
 from __future__ import annotations
@@ -194,8 +192,13 @@ class AdmissionGate:
         self._in_flight += 1
         self._idle.clear()
 
-    def ended(self) -> None:
-        """A call counted by admit() ended."""
+    def call_done(self, _context: Any) -> None:
+        """Done callback of a call counted by admit(): grpc has sent its status.
+
+        Counting calls until then (not until their handler returns) means a drained
+        server has no response left to send. It runs after the RPC ended, so it must
+        not touch the context.
+        """
         self._in_flight -= 1
         if not self._in_flight:
             self._idle.set()
@@ -233,19 +236,17 @@ def _gated_call(behavior: Behavior, gate: AdmissionGate, exempt: bool) -> Behavi
 
     async def gated(request: Any, context: Any) -> Any:
         await _admit_or_abort(gate, context)
+        context.add_done_callback(gate.call_done)
+        if exempt:
+            _slotless.set(True)
+            return await behavior(request, context)
+        if not gate.try_acquire():
+            await _acquire_or_abort(gate, context)
+        held_since = perf_counter()
         try:
-            if exempt:
-                _slotless.set(True)
-                return await behavior(request, context)
-            if not gate.try_acquire():
-                await _acquire_or_abort(gate, context)
-            held_since = perf_counter()
-            try:
-                return await behavior(request, context)
-            finally:
-                gate.release(held_since)
+            return await behavior(request, context)
         finally:
-            gate.ended()
+            gate.release(held_since)
 
     return gated
 
@@ -258,25 +259,11 @@ def _gated_stream(behavior: Behavior, gate: AdmissionGate, exempt: bool) -> Beha
 
     async def gated(request: Any, context: Any) -> AsyncIterator[Any]:
         await _admit_or_abort(gate, context)
+        context.add_done_callback(gate.call_done)
         if exempt:
             _slotless.set(True)
-        ended = False
-
-        def end(_context: Any = None) -> None:
-            # Also a done callback: it runs after the RPC ended and must not touch the
-            # context. It counts a stream cancelled while gRPC flow control held it,
-            # whose generator is finalised only later.
-            nonlocal ended
-            if not ended:
-                ended = True
-                gate.ended()
-
-        context.add_done_callback(end)
-        try:
-            async for response in behavior(request, context):
-                yield response
-        finally:
-            end()
+        async for response in behavior(request, context):
+            yield response
 
     return gated
 

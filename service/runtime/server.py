@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import time
 from dataclasses import dataclass
 
 import grpc
@@ -25,6 +24,7 @@ from service.runtime.auth import auth_layers
 from service.runtime.health_probe import DatabaseHealthProbe
 from service.runtime.metrics import Metrics
 from service.runtime.observability import observe
+from service.runtime.shutdown import drain, exit_drained
 from service.runtime.transport import PortInUse, bind, server_options
 from service.settings import Settings
 from service.storage.database import create_engine, make_session_factory
@@ -48,12 +48,8 @@ SERVICE_NAMES = (
 # Methods that never take an admission slot ("/package.Service/Method"): long-lived,
 # mostly idle streams such as a change feed, which must not be refused for overload.
 ADMISSION_EXEMPT: frozenset[str] = frozenset()
-# Once the last gated call ended, wait until no new call was refused for this long
-# before stopping gRPC: a call reaching grpc-core after its shutdown began is cancelled
-# (CANCELLED, not retried), so stop only once callers have gone elsewhere.
-QUIET_BEFORE_STOP_S = 0.1
-# What is left for grpc's own stop: only ungated calls (health, reflection) can still
-# run, and a health Watch never ends by itself.
+# What grpc's own stop gives calls the drain did not wait for: only ungated calls
+# (health, reflection) can still run, and a health Watch never ends by itself.
 UNGATED_GRACE_S = 1.0
 
 
@@ -75,39 +71,33 @@ class TaskServer:
         """The bound /metrics port; 0 when metrics are off."""
         return self.metrics.port if self.metrics else 0
 
-    async def stop(self, grace: float, *, drain_delay: float = 0.0) -> None:
-        """Drain, then stop: health NOT_SERVING at once; serve on for `drain_delay` while
-        balancers notice; then refuse new calls (UNAVAILABLE) and end streams after their
-        current batch; give calls in flight up to `grace` to finish; stop gRPC once
-        callers are quiet; release the pool."""
+    async def drain(self, grace: float, *, drain_delay: float = 0.0) -> bool:
+        """NOT_SERVING at once; serve on for `drain_delay`; then refuse new calls and let
+        those in flight finish within `grace` (service.runtime.shutdown). False when some
+        were still running after it."""
         if self.probe is not None:
             await self.probe.stop()  # first, so nothing can report SERVING again
-        await self.health.enter_graceful_shutdown()
-        if drain_delay > 0:
-            log.info("draining: NOT_SERVING, serving on for %.1f s", drain_delay)
-            await asyncio.sleep(drain_delay)
-        self.gate.stop_accepting()
-        self.deps.shutting_down.set()
+        return await drain(
+            self.gate,
+            self.health,
+            self.deps.shutting_down,
+            grace=grace,
+            drain_delay=drain_delay,
+        )
+
+    async def stop(self, grace: float, *, drain_delay: float = 0.0) -> None:
+        """Drain, then stop gRPC (cancelling what is left) and release the pool."""
         loop = asyncio.get_running_loop()
         give_up = loop.time() + grace
-        log.info("refusing new calls; %d in flight get %.1f s", self.gate.in_flight, grace)
-        try:
-            async with asyncio.timeout_at(give_up):
-                await self.gate.wait_idle()
-                await self._quiet()
-        except TimeoutError:
-            log.warning(
-                "%d calls still in flight after the grace: cancelling them", self.gate.in_flight
-            )
+        await self.drain(grace, drain_delay=drain_delay)
         await self.server.stop(min(UNGATED_GRACE_S, max(0.0, give_up - loop.time())))
+        await self.release()
+
+    async def release(self) -> None:
+        """Close the pool and the /metrics listener."""
         await self.engine.dispose()
         if self.metrics is not None:
             await self.metrics.stop()
-
-    async def _quiet(self) -> None:
-        """Return once no call has been refused for QUIET_BEFORE_STOP_S."""
-        while (left := self.gate.last_refusal + QUIET_BEFORE_STOP_S - time.monotonic()) > 0:
-            await asyncio.sleep(left)
 
 
 async def start_server(settings: Settings) -> TaskServer:
@@ -178,13 +168,15 @@ async def serve(settings: Settings) -> None:
     SIGTERM (a deploy) drains for `drain_delay`; SIGINT (Ctrl-C: nobody balances a
     terminal) skips the delay.
     """
-    running = await start_server(settings)
-    received: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     loop = asyncio.get_running_loop()
+    received: asyncio.Future[int] = loop.create_future()
+    # Handlers before the server starts: a SIGTERM right after "serving on" (or during
+    # start-up) must drain, not kill the process.
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, _first_signal, received, signum)
     # A supervisor starts workers with these signals blocked; now they can be handled.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGTERM, signal.SIGINT))
+    running = await start_server(settings)
     first = await received
     drain_delay = settings.drain_delay if first == signal.SIGTERM else 0.0
     log.info(
@@ -193,7 +185,12 @@ async def serve(settings: Settings) -> None:
         drain_delay,
         settings.shutdown_grace,
     )
-    await running.stop(settings.shutdown_grace, drain_delay=drain_delay)
+    if await running.drain(settings.shutdown_grace, drain_delay=drain_delay):
+        await running.engine.dispose()
+        log.info("stopped")
+        exit_drained()
+    await running.server.stop(0)  # the grace is over: cancel what still runs
+    await running.release()
     log.info("stopped")
 
 
