@@ -26,7 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import make_url
 
-from service.runtime.admission import AdmissionGate
+from service.runtime.admission import AdmissionGate, admission
 from service.storage.errors import ResourceExhausted, Unavailable
 from taskmanager.v1 import (
     project_service_pb2,
@@ -322,3 +322,50 @@ async def test_a_draining_gate_refuses_new_calls_and_reports_idle() -> None:
     assert not idle.done()
     gate.call_done(None)
     await asyncio.wait_for(idle, TIMEOUT)
+
+
+class _FakeContext:
+    """What the admission layer uses of a ServicerContext."""
+
+    def __init__(self) -> None:
+        self.callbacks: list[Any] = []
+
+    def add_done_callback(self, callback: Any) -> None:
+        self.callbacks.append(callback)
+
+    def time_remaining(self) -> float | None:
+        return None
+
+    def finish(self) -> None:
+        for callback in self.callbacks:
+            callback(self)
+
+
+async def test_exempt_methods_take_no_slot_even_when_none_is_free() -> None:
+    gate = AdmissionGate(limit=1, queue_limit=10)
+    assert gate.try_acquire()  # the only slot is taken
+
+    async def unary(request: Any, context: Any) -> str:
+        return "ran"
+
+    async def stream(request: Any, context: Any) -> AsyncIterator[str]:
+        async with gate.slot(_no_deadline):  # what a servicer's batch read does
+            yield "batch"
+
+    layer = admission(gate, exempt=("/pkg.S/Exempt", "/pkg.S/ExemptStream"))
+    exempt = layer("/pkg.S/Exempt", grpc.unary_unary_rpc_method_handler(unary))
+    gated = layer("/pkg.S/Gated", grpc.unary_unary_rpc_method_handler(unary))
+    exempt_stream = layer("/pkg.S/ExemptStream", grpc.unary_stream_rpc_method_handler(stream))
+
+    context = _FakeContext()
+    assert await asyncio.wait_for(exempt.unary_unary(None, context), TIMEOUT) == "ran"
+    assert [m async for m in exempt_stream.unary_stream(None, _FakeContext())] == ["batch"]
+    waiting = asyncio.ensure_future(gated.unary_unary(None, _FakeContext()))
+    await asyncio.sleep(0.05)
+    assert not waiting.done(), "a gated call ran without a slot"
+    assert gate.queued == 1
+    gate.release(time.perf_counter())
+    assert await asyncio.wait_for(waiting, TIMEOUT) == "ran"
+    assert gate.in_flight == 3  # until grpc has sent their statuses
+    context.finish()
+    assert gate.in_flight == 2
