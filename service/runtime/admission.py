@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -70,7 +69,6 @@ class AdmissionGate:
         self._idle = asyncio.Event()
         self._idle.set()
         self.accepting = True
-        self.last_refusal = 0.0  # time.monotonic() of the last call refused while draining
 
     @property
     def executing(self) -> int:
@@ -183,7 +181,6 @@ class AdmissionGate:
     def admit(self) -> None:
         """Count a new call in flight; Unavailable once the server stopped accepting."""
         if not self.accepting:
-            self.last_refusal = time.monotonic()
             if self._metrics is not None:
                 self._metrics.rejected.labels("draining").inc()
             raise Unavailable(

@@ -8,7 +8,7 @@ The order load balancers understand (Kubernetes, Envoy, nginx with health checks
    token;
 3. every call already received (queued in the gate too) runs to its end, its status
    sent, within `shutdown_grace`;
-4. once no call was refused for a short quiet spell, the process closes.
+4. after a short linger (the last responses leave), the process closes.
 
 grpc's own `server.stop()` is not how a drained process closes: grpc-core cancels the
 calls it holds when its shutdown begins (accepted but not yet handed to Python, or
@@ -31,11 +31,12 @@ from service.runtime.admission import AdmissionGate
 
 log = logging.getLogger(__name__)
 
-# Stop once no call was refused for this long, with the process running promptly all
-# along (a loop that wakes late means a starved process, whose calls may still sit
-# undelivered in grpc-core: the wait starts over). It also lets the last responses
-# leave the socket buffers before the process closes them.
-QUIET_S = 0.1
+# After the last call admitted has had its status sent, linger this long (with the
+# process running promptly all along: a loop that wakes late means a starved process,
+# and the wait starts over) so the last responses leave before the sockets close.
+# Refusals do not extend it: a balancer without health checks keeps sending until the
+# process is gone, and its calls are better moved on by a closed port than refused.
+LINGER_S = 0.1
 _TICK_S = 0.01
 _LATE_WAKE_S = 0.02
 
@@ -48,8 +49,8 @@ async def drain(
     grace: float,
     drain_delay: float,
 ) -> bool:
-    """Steps 1-3 above (and the quiet spell); False when calls were still in flight
-    after `grace`."""
+    """Steps 1-3 above, and the linger; False when calls were still in flight after
+    `grace`."""
     await health.enter_graceful_shutdown()
     if drain_delay > 0:
         log.info("draining: NOT_SERVING, serving on for %.1f s", drain_delay)
@@ -60,23 +61,23 @@ async def drain(
     try:
         async with asyncio.timeout(grace):
             await gate.wait_idle()
-            await _quiet(gate)
+            await _linger()
     except TimeoutError:
         log.warning("%d calls still in flight after %.1f s: cancelling them", gate.in_flight, grace)
         return False
     return True
 
 
-async def _quiet(gate: AdmissionGate) -> None:
-    """Return once no call was refused for QUIET_S of prompt running."""
-    quiet_since = time.monotonic()
+async def _linger() -> None:
+    """Return after LINGER_S of prompt running."""
+    since = time.monotonic()
     while True:
         before = time.monotonic()
         await asyncio.sleep(_TICK_S)
         now = time.monotonic()
-        if now - before > _TICK_S + _LATE_WAKE_S or gate.last_refusal > quiet_since:
-            quiet_since = now
-        elif now - quiet_since >= QUIET_S:
+        if now - before > _TICK_S + _LATE_WAKE_S:
+            since = now
+        elif now - since >= LINGER_S:
             return
 
 
