@@ -104,7 +104,17 @@ class Settings(BaseSettings):
         default="INFO", description="Root log level."
     )
     shutdown_grace: float = Field(
-        default=10.0, ge=0, description="Seconds in-flight RPCs get to finish on SIGTERM."
+        default=10.0,
+        ge=0,
+        description="Seconds in-flight RPCs get to finish once the server stops accepting "
+        "calls (after drain_delay).",
+    )
+    drain_delay: float = Field(
+        default=5.0,
+        ge=0,
+        description="Seconds a server keeps serving after SIGTERM with health NOT_SERVING, "
+        "so balancers stop sending before it refuses new calls (UNAVAILABLE); "
+        "SIGINT skips it.",
     )
     page_token_secret: SecretStr = Field(
         default=SecretStr("taskservice-development-page-token-key"),
@@ -136,7 +146,22 @@ class Settings(BaseSettings):
         default=4 * 1024 * 1024, ge=1024, description="Largest request message accepted."
     )
     max_concurrent_streams: int = Field(
-        default=100, ge=1, description="HTTP/2 streams (concurrent RPCs) per connection."
+        default=10_000,
+        ge=1,
+        description="HTTP/2 streams (concurrent RPCs) per connection; above it the transport "
+        "refuses calls (UNAVAILABLE, no details), so keep it far above the admission bound.",
+    )
+    max_concurrent_rpcs: int | None = Field(
+        default=None,
+        ge=1,
+        description="RPCs executing at once in this process (a stream counts while it reads "
+        "a batch); unset: pool_size + max_overflow.",
+    )
+    max_queued_rpcs: int = Field(
+        default=1000,
+        ge=0,
+        description="RPCs waiting for max_concurrent_rpcs (while their deadline allows); "
+        "beyond it RESOURCE_EXHAUSTED with RetryInfo.",
     )
     keepalive_time_s: float = Field(
         default=7200.0, gt=0, description="Seconds between server keepalive pings."
@@ -244,6 +269,11 @@ class Settings(BaseSettings):
         if self.is_sqlite and (self.read_database_urls or self.database_pooler != "none"):
             raise ValueError("read_database_urls and database_pooler need PostgreSQL")
         return self
+
+    @property
+    def admission_limit(self) -> int:
+        """RPCs executing at once: max_concurrent_rpcs, else what the pool can serve."""
+        return self.max_concurrent_rpcs or self.pool_size + self.max_overflow
 
     @property
     def is_sqlite(self) -> bool:

@@ -21,6 +21,7 @@ class RpcFailure:
     message: str
     info: error_details_pb2.ErrorInfo
     bad_request: error_details_pb2.BadRequest | None
+    retry_info: error_details_pb2.RetryInfo | None = None
 
     @property
     def fields(self) -> list[str]:
@@ -45,12 +46,16 @@ def read_failure(error: grpc.aio.AioRpcError, code: grpc.StatusCode) -> RpcFailu
     status = status_pb2.Status.FromString(raw)
     info = error_details_pb2.ErrorInfo()
     bad_request = None
+    retry_info = None
     for detail in status.details:
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             detail.Unpack(info)
         elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
             bad_request = error_details_pb2.BadRequest()
             detail.Unpack(bad_request)
+        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry_info = error_details_pb2.RetryInfo()
+            detail.Unpack(retry_info)
     assert info.domain == "taskmanager.v1"
     assert info.reason, "ErrorInfo.reason must be set"
-    return RpcFailure(error.code(), error.details() or "", info, bad_request)
+    return RpcFailure(error.code(), error.details() or "", info, bad_request, retry_info)

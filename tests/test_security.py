@@ -426,6 +426,38 @@ async def test_read_only_principal_write_is_permission_denied(
     assert unchanged.etag == owned_task.etag
 
 
+def _rpc_log_fields(caplog: pytest.LogCaptureFixture, code: str) -> list[dict[str, Any]]:
+    return [
+        record.fields  # type: ignore[attr-defined]
+        for record in caplog.records
+        if record.name == "service.runtime.observability"
+        and getattr(record, "fields", {}).get("code") == code
+    ]
+
+
+async def test_refused_write_is_logged_with_its_principal(
+    auth_stubs: Stubs, owned_task: resources_pb2.Task, caplog: pytest.LogCaptureFixture
+) -> None:
+    spoofing = (*READER, ("x-actor", "mallory"))
+    with caplog.at_level(logging.INFO, logger="service.runtime.observability"):
+        await expect_failure(
+            WRITES["UpdateTask"](auth_stubs, owned_task, spoofing), PERMISSION_DENIED
+        )
+    [line] = _rpc_log_fields(caplog, "PERMISSION_DENIED")
+    assert line["principal"] == "bob"
+    assert line["method"] == "/taskmanager.v1.TaskService/UpdateTask"
+
+
+async def test_unauthenticated_call_is_logged_as_anonymous_whatever_it_claims(
+    auth_stubs: Stubs, owned_task: resources_pb2.Task, caplog: pytest.LogCaptureFixture
+) -> None:
+    claiming = (("x-actor", "alice"),)
+    with caplog.at_level(logging.INFO, logger="service.runtime.observability"):
+        await expect_failure(READS["GetTask"](auth_stubs, owned_task, claiming), UNAUTHENTICATED)
+    [line] = _rpc_log_fields(caplog, "UNAUTHENTICATED")
+    assert line["principal"] == "anonymous"
+
+
 async def test_writes_are_audited_as_the_principal_not_x_actor(
     auth_stubs: Stubs, owned_task: resources_pb2.Task
 ) -> None:

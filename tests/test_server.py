@@ -294,38 +294,26 @@ async def _tasks_table_locked(database_url: str) -> AsyncIterator[TableLock]:
         await connection.close()
 
 
-# A call that reaches the server while it stops, before grpc hands it to a handler, is
-# cancelled by grpc core itself (grpc/grpc#41785): the client sees CANCELLED, not
-# UNAVAILABLE. Such a call is refused all the same; the server never runs it.
-RACED_SHUTDOWN = grpc.StatusCode.CANCELLED
-
-
 async def _wait_until_refused(address: str) -> None:
-    """Once stopping, new connections get NOT_SERVING, then UNAVAILABLE.
-
-    Once NOT_SERVING, never SERVING again. (Stop may run a step or two before it turns
-    the health status, so a check right after it began may still see SERVING.)
-    """
+    """Once stopping, health on a new connection says NOT_SERVING (never SERVING again)
+    and, once the drain delay is over, a new API call is refused UNAVAILABLE with
+    SERVER_SHUTTING_DOWN: retryable, and its handler never ran."""
     deadline = asyncio.get_running_loop().time() + TIMEOUT
-    not_serving_seen = False
     while True:
         async with grpc.aio.insecure_channel(address) as fresh:
+            response = await health_pb2_grpc.HealthStub(fresh).Check(
+                health_pb2.HealthCheckRequest(), timeout=TIMEOUT
+            )
+            projects = project_service_pb2_grpc.ProjectServiceStub(fresh)
             try:
-                response = await health_pb2_grpc.HealthStub(fresh).Check(
-                    health_pb2.HealthCheckRequest(), timeout=TIMEOUT
+                await projects.ListProjects(
+                    project_service_pb2.ListProjectsRequest(), timeout=TIMEOUT
                 )
             except grpc.aio.AioRpcError as error:
-                code = error.code()
-            else:
-                code = None
-        if code == grpc.StatusCode.UNAVAILABLE:
-            return
-        if code is not None:
-            assert code == RACED_SHUTDOWN, f"a new RPC during shutdown got {code}"
-        elif response.status == NOT_SERVING:
-            not_serving_seen = True
-        else:
-            assert not not_serving_seen, "health went back to SERVING during shutdown"
+                failure = read_failure(error, grpc.StatusCode.UNAVAILABLE)
+                assert failure.info.reason == "SERVER_SHUTTING_DOWN"
+                assert response.status == NOT_SERVING
+                return
         assert asyncio.get_running_loop().time() < deadline, "server kept accepting new RPCs"
 
 

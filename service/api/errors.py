@@ -2,8 +2,9 @@
 
 Servicers and repositories raise the domain errors of `service.storage.errors` (or let
 database exceptions escape); `translate_errors`, the innermost handler layer, turns them
-into a `google.rpc.Status` with ErrorInfo (AIP-193) and, for invalid requests,
-BadRequest, cut to the size budget below. Nothing else in the service picks status codes.
+into a `google.rpc.Status` with ErrorInfo (AIP-193), BadRequest for invalid requests and
+RetryInfo when overloaded, cut to the size budget below. Nothing else in the service picks
+status codes.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from service.api.handler_layers import replace_behavior
 from service.storage.errors import (
     FieldViolation,
     InvalidArgument,
+    ResourceExhausted,
     ServiceError,
     Unimplemented,
     echoed,
@@ -77,7 +79,8 @@ def bounded_status(error: ServiceError) -> status_pb2.Status:
     status = status_pb2.Status(
         code=code_pb2.Code.Value(error.code), message=clip(error.message, MESSAGE_BYTES)
     )
-    remaining = STATUS_BYTES - _RESERVE - _assembled(status, info, bad_request).ByteSize()
+    retry = _retry_info(error)
+    remaining = STATUS_BYTES - _RESERVE - _assembled(status, info, bad_request, retry).ByteSize()
     for key, value in list(error.metadata.items())[:MAX_METADATA]:
         key, value = clip(key, KEY_BYTES), clip(value, TEXT_BYTES)
         cost = len(key.encode()) + len(value.encode()) + _FRAMING
@@ -99,7 +102,16 @@ def bounded_status(error: ServiceError) -> status_pb2.Status:
                     FieldViolation("", f"{omitted} more violations not listed", "TRUNCATED")
                 )
             )
-    return _assembled(status, info, bad_request)
+    return _assembled(status, info, bad_request, retry)
+
+
+def _retry_info(error: ServiceError) -> error_details_pb2.RetryInfo | None:
+    """When to try again, for an overloaded server's refusal (AIP-194)."""
+    if not isinstance(error, ResourceExhausted):
+        return None
+    retry_info = error_details_pb2.RetryInfo()
+    retry_info.retry_delay.FromNanoseconds(round(error.retry_delay * 1e9))
+    return retry_info
 
 
 def _field_violation(violation: FieldViolation) -> error_details_pb2.BadRequest.FieldViolation:
@@ -114,8 +126,9 @@ def _assembled(
     status: status_pb2.Status,
     info: error_details_pb2.ErrorInfo,
     bad_request: error_details_pb2.BadRequest | None,
+    retry: error_details_pb2.RetryInfo | None = None,
 ) -> status_pb2.Status:
-    details = [info] if bad_request is None else [info, bad_request]
+    details = [d for d in (info, bad_request, retry) if d is not None]
     assembled = status_pb2.Status(code=status.code, message=status.message)
     for detail in details:
         packed = any_pb2.Any()

@@ -22,7 +22,7 @@ import grpc
 from grpc_health.v1 import health
 from grpc_reflection.v1alpha import reflection
 
-from service.api.call_context import set_principal
+from service.api.call_context import distrust_claimed_actor, set_principal
 from service.api.errors import abort_with
 from service.api.handler_layers import Layer, replace_behavior
 from service.settings import Settings
@@ -67,11 +67,15 @@ class TokenTable:
                 found = principal
         return found
 
-    def authorize(self, method: str, metadata: Iterable[tuple[str, Any]]) -> str:
-        """The principal allowed to call `method`; Unauthenticated or PermissionDenied."""
+    def authenticate(self, metadata: Iterable[tuple[str, Any]]) -> str:
+        """The principal the call's bearer token names; Unauthenticated if none."""
         principal = self.principal_of(bearer_token(metadata))
         if principal is None:
             raise Unauthenticated("UNAUTHENTICATED", "invalid bearer token")
+        return principal
+
+    def authorize(self, method: str, principal: str) -> None:
+        """PermissionDenied unless `principal` may call `method`."""
         if principal in self.read_only and not is_read(method):
             name = method.rsplit("/", 1)[-1]
             raise PermissionDenied(
@@ -80,7 +84,6 @@ class TokenTable:
                 principal=principal,
                 method=name,
             )
-        return principal
 
 
 def _digest(token: str) -> bytes:
@@ -145,13 +148,19 @@ def authenticate(table: TokenTable) -> Layer:
     return layer
 
 
-async def _principal_or_abort(table: TokenTable, method: str, context: Any) -> str:
+async def _admit_or_abort(table: TokenTable, method: str, context: Any) -> None:
+    """Run the call as its token's principal, or end it UNAUTHENTICATED/PERMISSION_DENIED.
+
+    The principal is recorded before the permission check, so a refused call is logged
+    as who made it."""
+    distrust_claimed_actor()
     try:
-        return table.authorize(method, context.invocation_metadata())
+        principal = table.authenticate(context.invocation_metadata())
+        set_principal(principal)
+        table.authorize(method, principal)
     except ServiceError as error:
         log.info("refused %s: %s", method, error.message)
         await abort_with(context, error)  # raises grpc.aio.AbortError
-        raise  # not reached: abort always raises
 
 
 def _authenticated(behavior: Behavior, method: str, table: TokenTable) -> Behavior:
@@ -161,7 +170,7 @@ def _authenticated(behavior: Behavior, method: str, table: TokenTable) -> Behavi
         async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
             # Not reset: a generator may be finalised from another context, where reset()
             # fails. grpc.aio runs each RPC in its own task, whose context dies with it.
-            set_principal(await _principal_or_abort(table, method, context))
+            await _admit_or_abort(table, method, context)
             async for response in behavior(request, context):
                 yield response
 
@@ -170,7 +179,7 @@ def _authenticated(behavior: Behavior, method: str, table: TokenTable) -> Behavi
     async def call(request: Any, context: Any) -> Any:
         # Not reset: each RPC runs in its own task (the value dies with it), and the
         # outer observability layer reads the principal after the handler returns.
-        set_principal(await _principal_or_abort(table, method, context))
+        await _admit_or_abort(table, method, context)
         return await behavior(request, context)
 
     return call

@@ -32,7 +32,7 @@ from service.api.servicers.dependencies import actor_of
 from service.runtime.auth import OPEN_SERVICES
 
 # One definition of the status grpc sends for a call that ended one way or another.
-from service.runtime.observability import _failure_code, _success_code
+from service.runtime.observability import _failure_code, _remaining, _success_code
 
 Context = Any  # grpc.aio.ServicerContext (grpc ships no type hints)
 Behavior = Callable[[Any, Any], Any]
@@ -163,7 +163,7 @@ def _traced_call(behavior: Behavior, tracer: Tracer, method: _Method) -> Behavio
             response = await behavior(request, context)
         except BaseException as error:
             call.note_principal()
-            call.end(_failure_code(error, context))
+            call.end(_failure_code(error, context, context.time_remaining))
             raise
         call.note_principal()
         call.end(_success_code(context))
@@ -189,7 +189,7 @@ def _traced_stream(behavior: Behavior, tracer: Tracer, method: _Method) -> Behav
         except BaseException as error:  # GeneratorExit too: closed before the end
             if not call.ended:  # else the call is over: its context must not be touched
                 call.note_principal()
-                call.end(_failure_code(error, context))
+                call.end(_failure_code(error, context, lambda: _remaining(call.deadline)))
             raise
         call.note_principal()
         call.end(_success_code(context))

@@ -1,4 +1,4 @@
-"""Prometheus metrics: gRPC counters and latency (go-grpc-prometheus names), pool gauges, /metrics.
+"""Prometheus metrics: gRPC counters and latency, pool and admission gauges, /metrics.
 
 Every server gets its own CollectorRegistry, so several servers in one process
 (tests, benchmarks) never collide, and its own HTTP listener, stopped with it.
@@ -10,6 +10,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import Iterator
+from typing import Protocol
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -117,6 +118,58 @@ class RpcMetrics:
         return found
 
 
+class AdmissionMetrics:
+    """The admission gate's waits and rejections (service.runtime.admission)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.wait_seconds = Histogram(
+            "taskservice_admission_wait_seconds",
+            "Seconds admitted RPCs (and stream batches) waited in the admission queue; "
+            "calls admitted at once are not observed.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.rejected = Counter(
+            "taskservice_admission_rejected",
+            "RPCs the admission gate refused: queue_full and deadline (RESOURCE_EXHAUSTED), "
+            "draining (UNAVAILABLE while the server shuts down).",
+            ("reason",),
+            registry=registry,
+        )
+
+
+class AdmissionGauges(Protocol):
+    """What the admission gate reports at scrape time."""
+
+    @property
+    def executing(self) -> int: ...
+    @property
+    def queued(self) -> int: ...
+    @property
+    def limit(self) -> int: ...
+    @property
+    def queue_limit(self) -> int: ...
+
+
+class AdmissionCollector(Collector):
+    """The gate's occupancy, read at scrape time (no cost per RPC)."""
+
+    def __init__(self, gate: AdmissionGauges) -> None:
+        self._gate = gate
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """Executing and queued RPCs, and the bounds of both."""
+        gate = self._gate
+        yield _admission("executing", "RPCs (and stream batches) holding a slot.", gate.executing)
+        yield _admission("queue_depth", "RPCs waiting in the admission queue.", gate.queued)
+        yield _admission("limit", "Slots: RPCs that may execute at once.", gate.limit)
+        yield _admission("queue_limit", "RPCs the admission queue holds.", gate.queue_limit)
+
+
+def _admission(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(f"taskservice_admission_{name}", documentation, value=value)
+
+
 class PoolCollector(Collector):
     """Database pool gauges, read from the engine's current pool at scrape time."""
 
@@ -148,8 +201,13 @@ class Metrics:
         disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry()
         self.rpc = RpcMetrics(self.registry)
+        self.admission = AdmissionMetrics(self.registry)
         self.registry.register(PoolCollector(engine))
         self._listener: tuple[WSGIServer, threading.Thread] | None = None
+
+    def watch_admission(self, gate: AdmissionGauges) -> None:
+        """Report `gate`'s occupancy at every scrape."""
+        self.registry.register(AdmissionCollector(gate))
 
     @property
     def port(self) -> int:

@@ -4,6 +4,13 @@ It is the outermost layer (service.api.handler_layers), so it sees the final sta
 every RPC, including those authentication refuses and errors the translator maps.
 Servicers know nothing of it. One wrapper per RPC does all three jobs, so each
 RPC pays for one clock read pair and one status lookup.
+
+Everything the log line needs from the call (peer, request id, claimed actor, the
+deadline of a stream) is read when the call starts. A stream can end after its
+handler stopped running (a cancel while gRPC flow control holds it, a deadline that
+passes mid-stream): it is then recorded from a done callback or while its generator
+is finalised, and touching the ServicerContext there (`peer()` above all, which reads
+the already released core call) crashes the process inside cygrpc.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import asyncio
 import inspect
 import logging
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
@@ -20,9 +28,16 @@ from typing import Any
 
 import grpc
 
-from service.api.call_context import REQUEST_ID_KEY, current_request_id
+from service.api.call_context import (
+    ACTOR_KEY,
+    REQUEST_ID_KEY,
+    Caller,
+    begin_call,
+    claimed_actor_value,
+    current_request_id,
+)
 from service.api.handler_layers import Layer, replace_behavior
-from service.api.servicers.dependencies import actor_of
+from service.api.servicers.dependencies import deadline_of
 from service.runtime.metrics import MethodMetrics, RpcMetrics
 
 log = logging.getLogger(__name__)
@@ -46,12 +61,23 @@ _GRPC_TYPES = {
 
 def request_id_of(metadata: Iterable[tuple[str, Any]] | None) -> str:
     """The caller's x-request-id if usable, else a new uuid4."""
+    return _read_metadata(metadata)[0]
+
+
+def _read_metadata(metadata: Iterable[tuple[str, Any]] | None) -> tuple[str, Caller]:
+    """The request id (the caller's if usable, else a new uuid4) and the claimed actor,
+    in one pass over the metadata."""
+    request_id: str | None = None
+    claimed: str | None = None
+    seen_request_id = False
     for key, value in metadata or ():
-        if key == REQUEST_ID_KEY:
+        if key == REQUEST_ID_KEY and not seen_request_id:
+            seen_request_id = True
             if isinstance(value, str) and _VALID_REQUEST_ID.fullmatch(value):
-                return value
-            break
-    return str(uuid.uuid4())
+                request_id = value
+        elif key == ACTOR_KEY and claimed is None:
+            claimed = claimed_actor_value(value)
+    return request_id or str(uuid.uuid4()), Caller(claimed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,26 +91,36 @@ class _Method:
 
 @dataclass(slots=True)
 class _Rpc:
-    """One RPC: what its log line and metrics need."""
+    """One RPC: what its log line and metrics need, all read while the call runs."""
 
     method: _Method
     request_id: str
+    caller: Caller
+    peer: str
+    # When a stream's caller stops waiting (time.monotonic()); unary calls read their
+    # deadline only if they fail, while still running (time_remaining() costs ~4 µs).
+    deadline: float | None = None
     sent: int = 0
     finished: bool = False
     started: float = 0.0
 
     def begin(self, context: Context) -> None:
         """Start the clock, publish the request id (context and trailers), count the start."""
-        current_request_id.set(self.request_id)  # not reset: the RPC's task context dies with it
+        # Not reset: the RPC's task context dies with it.
+        current_request_id.set(self.request_id)
+        begin_call(self.caller)
         context.set_trailing_metadata(((REQUEST_ID_KEY, self.request_id),))
         if self.method.metrics is not None:
             self.method.metrics.started.inc()
         self.started = perf_counter()
 
-    def finish_unfinished(self, context: Context) -> None:
-        """Done callback: an RPC that ends before its handler did was cancelled."""
+    def finish_unfinished(self, _context: Context) -> None:
+        """Done callback: an RPC that ends before its handler did was cancelled.
+
+        It runs after the RPC ended, so it must not touch `_context` (see the module doc).
+        """
         if not self.finished:
-            _finish(self, context, _cancel_code(context))
+            _finish(self, _cut_short_code(self.deadline))
 
     def sent_one(self) -> None:
         """Count one stream message the server has sent."""
@@ -120,7 +156,8 @@ def observe(metrics: RpcMetrics | None, *, log_all: bool = False) -> Layer:
 
 
 def _start(method: _Method, context: Context) -> _Rpc:
-    rpc = _Rpc(method, request_id_of(context.invocation_metadata()))
+    request_id, caller = _read_metadata(context.invocation_metadata())
+    rpc = _Rpc(method, request_id, caller, context.peer())
     rpc.begin(context)
     return rpc
 
@@ -134,9 +171,10 @@ def _observe_coroutine(behavior: Behavior, method: _Method, *, streaming: bool) 
         try:
             response = await behavior(request, inner)
         except BaseException as error:
-            _finish(rpc, context, _failure_code(error, context))
+            # Still inside the call's own task: the context may be read.
+            _finish(rpc, _failure_code(error, context, context.time_remaining))
             raise
-        _finish(rpc, context, _success_code(context))
+        _finish(rpc, _success_code(context))
         return response
 
     return observed
@@ -147,18 +185,22 @@ def _observe_generator(behavior: Behavior, method: _Method) -> Behavior:
 
     async def observed(request: Any, context: Context) -> AsyncIterator[Any]:
         rpc = _start(method, context)
+        rpc.deadline = deadline_of(context)
         # A cancelled client cancels grpc's task while it writes, not this generator,
-        # which only learns of it when it is garbage-collected; the done callback
-        # records the cancellation as soon as the RPC ends.
+        # which only learns of it when it is finalised; the done callback records the
+        # cancellation as soon as the RPC ends. Neither may touch the context.
         context.add_done_callback(rpc.finish_unfinished)
         try:
             async for response in behavior(request, context):
                 yield response
                 rpc.sent_one()  # resumed, so grpc has written it
-        except BaseException as error:  # GeneratorExit too: closed before the end
-            _finish(rpc, context, _failure_code(error, context))
+        except (GeneratorExit, asyncio.CancelledError):  # closed or cancelled before the end
+            _finish(rpc, _cut_short_code(rpc.deadline))
             raise
-        _finish(rpc, context, _success_code(context))
+        except BaseException as error:  # raised by the handler, inside the call's task
+            _finish(rpc, _failure_code(error, context, lambda: _remaining(rpc.deadline)))
+            raise
+        _finish(rpc, _success_code(context))
 
     return observed
 
@@ -186,26 +228,37 @@ def _success_code(context: Context) -> grpc.StatusCode:
     return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.OK
 
 
-def _failure_code(error: BaseException, context: Context) -> grpc.StatusCode:
-    """The status grpc sends for an RPC that ended with `error`."""
+def _failure_code(
+    error: BaseException, context: Context, time_remaining: Callable[[], float | None]
+) -> grpc.StatusCode:
+    """The status grpc sends for an RPC that ended with `error` (called in the RPC's task)."""
     if isinstance(error, asyncio.CancelledError | GeneratorExit):
-        return _cancel_code(context)
+        return _cancel_code(time_remaining())
     code = context.code()
     if isinstance(code, grpc.StatusCode) and code is not grpc.StatusCode.OK:
         return code  # aborted, or set_code() before raising
     return grpc.StatusCode.UNKNOWN  # what grpc.aio answers for an unhandled exception
 
 
-def _cancel_code(context: Context) -> grpc.StatusCode:
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else deadline - time.monotonic()
+
+
+def _cut_short_code(deadline: float | None) -> grpc.StatusCode:
+    """The code of a stream that ended before its handler did, from the deadline read
+    when it started."""
+    return _cancel_code(_remaining(deadline))
+
+
+def _cancel_code(remaining: float | None) -> grpc.StatusCode:
     """CANCELLED, or DEADLINE_EXCEEDED when the deadline is what ended the RPC."""
-    remaining = context.time_remaining()
     if remaining is not None and remaining <= _DEADLINE_SLACK_S:
         return grpc.StatusCode.DEADLINE_EXCEEDED
     return grpc.StatusCode.CANCELLED
 
 
-def _finish(rpc: _Rpc, context: Context, code: grpc.StatusCode) -> None:
-    """Record the RPC once: metrics, then the log line."""
+def _finish(rpc: _Rpc, code: grpc.StatusCode) -> None:
+    """Record the RPC once: metrics, then the log line. Never touches the context."""
     if rpc.finished:
         return
     rpc.finished = True
@@ -213,16 +266,16 @@ def _finish(rpc: _Rpc, context: Context, code: grpc.StatusCode) -> None:
     if rpc.method.metrics is not None:
         rpc.method.metrics.handled(code, seconds)
     if (rpc.method.log_all or code is not grpc.StatusCode.OK) and log.isEnabledFor(logging.INFO):
-        _log_rpc(rpc, context, code, seconds)
+        _log_rpc(rpc, code, seconds)
 
 
-def _log_rpc(rpc: _Rpc, context: Context, code: grpc.StatusCode, seconds: float) -> None:
+def _log_rpc(rpc: _Rpc, code: grpc.StatusCode, seconds: float) -> None:
     fields = {
         "method": rpc.method.name,
         "code": code.name,
         "duration_ms": round(seconds * 1000, 3),
-        "peer": context.peer(),
-        "principal": actor_of(context),
+        "peer": rpc.peer,
+        "principal": rpc.caller.actor,
         "request_id": rpc.request_id,
     }
     if rpc.sent:

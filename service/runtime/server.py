@@ -1,4 +1,4 @@
-"""Wiring: engine, servicers, reflection, health, error translation, graceful shutdown."""
+"""Wiring: engine, servicers, reflection, health, admission, error translation, draining stop."""
 
 from __future__ import annotations
 
@@ -19,11 +19,13 @@ from service.api.servicers.dependencies import Dependencies
 from service.api.servicers.projects import ProjectServicer
 from service.api.servicers.tasks import TaskServicer
 from service.api.servicers.workers import WorkerServicer
+from service.runtime.admission import AdmissionGate, admission
 from service.runtime.auth import auth_layers
 from service.runtime.health_probe import DatabaseHealthProbe
 from service.runtime.health_service import HealthServicer
 from service.runtime.metrics import Metrics
 from service.runtime.observability import observe
+from service.runtime.shutdown import drain, exit_drained
 from service.runtime.tracing import Tracing, start_tracing
 from service.runtime.transport import PortInUse, bind, server_options
 from service.settings import Settings
@@ -47,6 +49,12 @@ SERVICE_NAMES = (
     project_service_pb2.DESCRIPTOR.services_by_name["ProjectService"].full_name,
     worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
 )
+# Methods that never take an admission slot ("/package.Service/Method"): long-lived,
+# mostly idle streams such as a change feed, which must not be refused for overload.
+ADMISSION_EXEMPT: frozenset[str] = frozenset()
+# What grpc's own stop gives calls the drain did not wait for: only ungated calls
+# (health, reflection) can still run, and a health Watch never ends by itself.
+UNGATED_GRACE_S = 1.0
 
 
 @dataclass
@@ -58,6 +66,7 @@ class TaskServer:
     engine: AsyncEngine
     health: health.aio.HealthServicer
     deps: Dependencies
+    gate: AdmissionGate
     metrics: Metrics | None = None
     probe: DatabaseHealthProbe | None = None
     tracing: Tracing | None = None
@@ -68,13 +77,30 @@ class TaskServer:
         """The bound /metrics port; 0 when metrics are off."""
         return self.metrics.port if self.metrics else 0
 
-    async def stop(self, grace: float) -> None:
-        """Refuse new RPCs, let in-flight ones finish within `grace`, release the pool."""
-        self.deps.shutting_down.set()
+    async def drain(self, grace: float, *, drain_delay: float = 0.0) -> bool:
+        """NOT_SERVING at once; serve on for `drain_delay`; then refuse new calls and let
+        those in flight finish within `grace` (service.runtime.shutdown). False when some
+        were still running after it."""
         if self.probe is not None:
             await self.probe.stop()  # first, so nothing can report SERVING again
-        await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
+        return await drain(
+            self.gate,
+            self.health,
+            self.deps.shutting_down,
+            grace=grace,
+            drain_delay=drain_delay,
+        )
+
+    async def stop(self, grace: float, *, drain_delay: float = 0.0) -> None:
+        """Drain, then stop gRPC (cancelling what is left) and release the pool."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + grace
+        await self.drain(grace, drain_delay=drain_delay)
+        await self.server.stop(min(UNGATED_GRACE_S, max(0.0, give_up - loop.time())))
+        await self.release()
+
+    async def release(self) -> None:
+        """Close the pool and the /metrics listener."""
         if self.replicas is not None:
             await self.replicas.stop()
         await self.engine.dispose()
@@ -88,19 +114,28 @@ async def start_server(settings: Settings) -> TaskServer:
     """Build and start the server on `settings.address`; PortInUse if it is taken."""
     engine = create_engine(settings)
     replicas = ReplicaSet(settings, engine) if settings.read_database_urls else None
+    metrics = Metrics(engine) if settings.metrics_port else None
+    gate = AdmissionGate(
+        settings.admission_limit,
+        settings.max_queued_rpcs,
+        metrics.admission if metrics else None,
+    )
+    if metrics is not None:
+        metrics.watch_admission(gate)
     deps = Dependencies(
         session_factory=make_session_factory(engine),
         page_tokens=PageTokens(settings.page_token_secret.get_secret_value()),
         replicas=replicas,
+        admission=gate,
     )
-    metrics = Metrics(engine) if settings.metrics_port else None
     tracing = start_tracing(settings)  # None (and no per-call cost) unless configured
     if tracing is not None:
         tracing.trace_statements(engine)
     server = grpc.aio.server(options=server_options(settings))
     # Every handler is wrapped once, outermost first: logs and metrics see the final
     # status of every RPC, tracing next (its span is current for all inside it),
-    # authentication before any handler, the error translator innermost. (Layers at
+    # authentication before any handler (a refused call takes no slot), then admission,
+    # the error translator innermost. (Layers at
     # registration, not interceptors: see handler_layers.)
     services = LayeredRegistration(
         server,
@@ -108,6 +143,7 @@ async def start_server(settings: Settings) -> TaskServer:
             observe(metrics.rpc if metrics else None, log_all=settings.rpc_log == "all"),
             *([tracing.layer()] if tracing else []),
             *auth_layers(settings),
+            admission(gate, ADMISSION_EXEMPT),
             translate_errors,
         ),
     )
@@ -145,6 +181,7 @@ async def start_server(settings: Settings) -> TaskServer:
         engine,
         health_servicer,
         deps,
+        gate,
         metrics,
         probe=probe,
         tracing=tracing,
@@ -157,15 +194,37 @@ def _safe_url(engine: AsyncEngine) -> str:
 
 
 async def serve(settings: Settings) -> None:
-    """Serve until SIGTERM or SIGINT, then shut down gracefully."""
-    running = await start_server(settings)
-    stop = asyncio.Event()
+    """Serve until SIGTERM or SIGINT, then drain and shut down gracefully.
+
+    SIGTERM (a deploy) drains for `drain_delay`; SIGINT (Ctrl-C: nobody balances a
+    terminal) skips the delay.
+    """
     loop = asyncio.get_running_loop()
+    received: asyncio.Future[int] = loop.create_future()
+    # Handlers before the server starts: a SIGTERM right after "serving on" (or during
+    # start-up) must drain, not kill the process.
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, _first_signal, received, signum)
     # A supervisor starts workers with these signals blocked; now they can be handled.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGTERM, signal.SIGINT))
-    await stop.wait()
-    log.info("shutting down; in-flight RPCs get %.1f s", settings.shutdown_grace)
-    await running.stop(settings.shutdown_grace)
+    running = await start_server(settings)
+    first = await received
+    drain_delay = settings.drain_delay if first == signal.SIGTERM else 0.0
+    log.info(
+        "shutting down (%s); drain %.1f s, then in-flight RPCs get %.1f s",
+        signal.Signals(first).name,
+        drain_delay,
+        settings.shutdown_grace,
+    )
+    if await running.drain(settings.shutdown_grace, drain_delay=drain_delay):
+        await running.engine.dispose()
+        log.info("stopped")
+        exit_drained()
+    await running.server.stop(0)  # the grace is over: cancel what still runs
+    await running.release()
     log.info("stopped")
+
+
+def _first_signal(received: asyncio.Future[int], signum: int) -> None:
+    if not received.done():
+        received.set_result(signum)

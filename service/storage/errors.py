@@ -101,6 +101,18 @@ class Unavailable(ServiceError):
     code = "UNAVAILABLE"
 
 
+class ResourceExhausted(ServiceError):
+    """The service is overloaded; the client should retry after `retry_delay` seconds."""
+
+    code = "RESOURCE_EXHAUSTED"
+
+    def __init__(
+        self, reason: str, message: str, *, retry_delay: float, **metadata: object
+    ) -> None:
+        super().__init__(reason, message, **metadata)
+        self.retry_delay = retry_delay
+
+
 class DeadlineExceeded(ServiceError):
     """The caller's deadline passed first; the database cancelled the statement."""
 

@@ -1,23 +1,21 @@
-"""What every servicer needs from the process: sessions, tokens, the shutdown signal."""
+"""What every servicer needs from the process: sessions, tokens, admission, the shutdown signal."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from service.api.call_context import current_principal
+from service.api.call_context import ANONYMOUS, Caller, claimed_actor, current_caller
 from service.api.consistency import publish_position, requested_position
 from service.api.pagination import PageTokens
 from service.storage.database import SessionFactory, UnitOfWork
 from service.storage.replicas import ReplicaSet
 
-ACTOR_KEY = "x-actor"
-ANONYMOUS = "anonymous"
 T = TypeVar("T")
 Read = Callable[[UnitOfWork], Awaitable[T]]
 log = logging.getLogger(__name__)
@@ -26,21 +24,47 @@ log = logging.getLogger(__name__)
 def actor_of(context: Any) -> str:
     """Who is calling, for the audit trail: the authenticated principal when auth is on,
     else the `x-actor` metadata (unverified, for local use), else anonymous."""
-    principal = current_principal()
-    if principal is not None:
-        return principal
+    caller = current_caller()
+    if caller is not None:
+        return caller.actor
     if context is None:
         return ANONYMOUS
-    for key, value in context.invocation_metadata() or ():
-        if key == ACTOR_KEY and isinstance(value, str) and value.strip():
-            return value.strip()[:200]
-    return ANONYMOUS
+    # No observability layer in front (a servicer called directly): the call is running,
+    # so its metadata can be read now.
+    return Caller(claimed_actor(context.invocation_metadata())).actor
 
 
 def deadline_of(context: Any) -> float | None:
     """When the caller stops waiting, on the time.monotonic() clock; None without a deadline."""
     remaining = None if context is None else context.time_remaining()
     return None if remaining is None else time.monotonic() + remaining
+
+
+def time_left(deadline: float | None) -> Callable[[], float | None]:
+    """Seconds left until `deadline` (time.monotonic()), read when called; None: no deadline."""
+    return lambda: None if deadline is None else deadline - time.monotonic()
+
+
+class Admission(Protocol):
+    """The process's admission gate, as a stream's batch reads meet it."""
+
+    def slot(
+        self, remaining: Callable[[], float | None], *, bounded: bool = True
+    ) -> AbstractAsyncContextManager[None]:
+        """Hold a slot for the block; ResourceExhausted when overloaded. `bounded` False:
+        wait in line even when the queue is full (a stream that was admitted already)."""
+        ...
+
+
+class Unlimited:
+    """No admission control: every slot is free at once."""
+
+    @asynccontextmanager
+    async def slot(
+        self, remaining: Callable[[], float | None], *, bounded: bool = True
+    ) -> AsyncIterator[None]:
+        """Hold nothing."""
+        yield
 
 
 @dataclass
@@ -51,6 +75,7 @@ class Dependencies:
     page_tokens: PageTokens
     replicas: ReplicaSet | None = None
     shutting_down: asyncio.Event = field(default_factory=asyncio.Event)
+    admission: Admission = field(default_factory=Unlimited)
     open_streams: int = 0
 
     def unit_of_work(self, context: Any = None, *, read_only: bool = False) -> UnitOfWork:
@@ -85,11 +110,28 @@ class Dependencies:
         if self.replicas is None:
             async with UnitOfWork(self.session_factory, read_only=True) as uow:
                 return await work(uow), None
-        token = None if context is None else requested_position(context)
-        floor = max(token or 0, at or 0) or None
-        return await self.replicas.read(
-            self.session_factory, work, at_least=floor, deadline=deadline_of(context)
-        )
+        return await self.reader(context)(work, at)
+
+    def reader(
+        self, context: Any
+    ) -> Callable[[Read[Any], int | None], Awaitable[tuple[Any, int | None]]]:
+        """`read_at` bound to what the call asked for (consistency token, deadline), read
+        from `context` NOW: for reads that may outlive the call, like a stream's
+        read-ahead, which must never touch a finished call's context."""
+        replicas = self.replicas
+        token = None if context is None or replicas is None else requested_position(context)
+        deadline = deadline_of(context)
+
+        async def read_at(work: Read[Any], at: int | None) -> tuple[Any, int | None]:
+            if replicas is None:
+                async with UnitOfWork(self.session_factory, read_only=True) as uow:
+                    return await work(uow), None
+            floor = max(token or 0, at or 0) or None
+            return await replicas.read(
+                self.session_factory, work, at_least=floor, deadline=deadline
+            )
+
+        return read_at
 
     def _publisher(self, context: Any) -> Callable[[], Awaitable[None]]:
         replicas = self.replicas

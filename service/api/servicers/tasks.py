@@ -26,7 +26,7 @@ from service.api.requests import (
     check_task_filter,
     check_update_task,
 )
-from service.api.servicers.dependencies import Dependencies
+from service.api.servicers.dependencies import Dependencies, deadline_of, time_left
 from service.api.servicers.history import TASK_HISTORY
 from service.api.servicers.task_reads import (
     LIST_TASKS,
@@ -166,20 +166,26 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         self, request: pb.StreamTasksRequest, stream: PageRequest, context: Context
     ) -> AsyncIterator[pb.StreamTasksResponse]:
         task_filter = task_filter_from(request, utc_now())
+        remaining = time_left(deadline_of(context))
+        read_from = self.deps.reader(context)
 
-        async def read(after: Position | None, at: int | None) -> tuple[Page[Any], int | None]:
-            # One short read per batch: no connection is held while the client reads.
-            # Each batch is read where the previous one's position is replayed.
-            return await self.deps.read_at(
-                context,
-                lambda uow: read_tasks(uow, task_filter, stream, after, request.view),
-                at,
-            )
+        async def read(
+            after: Position | None, at: int | None, *, first: bool = False
+        ) -> tuple[Page[Any], int | None]:
+            # One short read per batch, holding an admission slot only while it runs:
+            # no connection and no slot is held while the client reads. A read-ahead
+            # may outlive the RPC until the stream is finalised, so it must not use the
+            # context (only what was read from it above). Each batch is read where the
+            # previous one's position is replayed.
+            async with self.deps.admission.slot(remaining, bounded=first):
+                return await read_from(
+                    lambda uow: read_tasks(uow, task_filter, stream, after, request.view), at
+                )
 
         # Read one batch ahead: the next query runs while gRPC flow control holds
         # the previous batch, and memory stays bounded by two batches.
         pending: asyncio.Future[tuple[Page[Any], int | None]] | None = asyncio.ensure_future(
-            read(stream.after, stream.read_at)
+            read(stream.after, stream.read_at, first=True)
         )
         try:
             while pending is not None:
