@@ -12,6 +12,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.api.cursors import FeedCursors
 from service.api.errors import translate_errors
 from service.api.handler_layers import LayeredRegistration, stack
 from service.api.pagination import PageTokens
@@ -25,6 +26,7 @@ from service.runtime.metrics import Metrics
 from service.runtime.observability import observe
 from service.runtime.transport import PortInUse, bind, server_options
 from service.settings import Settings
+from service.storage.change_feed import ChangeFeed, feed_config
 from service.storage.database import create_engine, make_session_factory
 from taskmanager.v1 import (
     project_service_pb2,
@@ -54,6 +56,7 @@ class TaskServer:
     engine: AsyncEngine
     health: health.aio.HealthServicer
     deps: Dependencies
+    feed: ChangeFeed
     metrics: Metrics | None = None
     probe: DatabaseHealthProbe | None = None
 
@@ -65,10 +68,13 @@ class TaskServer:
     async def stop(self, grace: float) -> None:
         """Refuse new RPCs, let in-flight ones finish within `grace`, release the pool."""
         self.deps.shutting_down.set()
+        # Watch streams never end by themselves: end them now, each with its cursor.
+        self.feed.shutdown()
         if self.probe is not None:
             await self.probe.stop()  # first, so nothing can report SERVING again
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        await self.feed.stop()
         await self.engine.dispose()
         if self.metrics is not None:
             await self.metrics.stop()
@@ -77,9 +83,15 @@ class TaskServer:
 async def start_server(settings: Settings) -> TaskServer:
     """Build and start the server on `settings.address`; PortInUse if it is taken."""
     engine = create_engine(settings)
+    session_factory = make_session_factory(engine)
+    secret = settings.page_token_secret.get_secret_value()
+    feed = ChangeFeed(session_factory, feed_config(settings))
     deps = Dependencies(
-        session_factory=make_session_factory(engine),
-        page_tokens=PageTokens(settings.page_token_secret.get_secret_value()),
+        session_factory=session_factory,
+        page_tokens=PageTokens(secret),
+        feed_cursors=FeedCursors(secret),
+        feed=feed,
+        feed_bookmark_interval=settings.feed_bookmark_interval,
     )
     metrics = Metrics(engine) if settings.metrics_port else None
     server = grpc.aio.server(options=server_options(settings))
@@ -114,12 +126,13 @@ async def start_server(settings: Settings) -> TaskServer:
     if metrics is not None:
         metrics.serve(settings)
     await server.start()
+    feed.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     probe = DatabaseHealthProbe.for_settings(settings, health_servicer, ("", *SERVICE_NAMES))
     probe.start()
     log.info("serving on %s (port %d), database %s", settings.address, port, _safe_url(engine))
-    return TaskServer(server, port, engine, health_servicer, deps, metrics, probe=probe)
+    return TaskServer(server, port, engine, health_servicer, deps, feed, metrics, probe=probe)
 
 
 def _safe_url(engine: AsyncEngine) -> str:

@@ -116,6 +116,18 @@ class PermissionDenied(ServiceError):
     code = "PERMISSION_DENIED"
 
 
+class OutOfRange(ServiceError):
+    """The request points outside what is kept (e.g. a change-feed cursor past retention)."""
+
+    code = "OUT_OF_RANGE"
+
+
+class ResourceExhausted(ServiceError):
+    """A per-caller resource ran out (e.g. a watcher's buffer); the caller may resume."""
+
+    code = "RESOURCE_EXHAUSTED"
+
+
 @contextmanager
 def at_index(index: int) -> Iterator[None]:
     """Name the batch item a domain error is about (metadata `index`, message prefix)."""

@@ -68,6 +68,31 @@ class TaskServiceStub:
     """Creates up to 1000 tasks in one transaction: all or none (AIP-233)."""
     ListTaskEvents: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.ListTaskEventsRequest, _task_service_pb2.ListTaskEventsResponse]
     """Lists the audit trail of one task, oldest first (AIP-158 paging)."""
+    WatchTasks: _grpc.UnaryStreamMultiCallable[_task_service_pb2.WatchTasksRequest, _task_service_pb2.WatchTasksResponse]
+    """Watches changes to the tasks matching a filter: a resumable change feed.
+    Every committed create, update, delete and undelete of a matching task
+    arrives once, in commit order, from whichever server process committed
+    it. Each event carries a `cursor`; keep the last one received.
+
+    The resume loop for client authors:
+      1. First call: `initial_snapshot = true` (or list the tasks yourself and
+         start with an empty `start_cursor`, meaning "from now"). Snapshot
+         events come first, then a BOOKMARK whose cursor is where events
+         continue.
+      2. Apply each event (insert or replace `task`; remove it when
+         `no_longer_matches`) and remember its `cursor` (BOOKMARKs carry one
+         too). Events before the first BOOKMARK carry no cursor.
+      3. When the stream breaks (UNAVAILABLE, including server shutdown;
+         RESOURCE_EXHAUSTED for a watcher that fell too far behind;
+         DEADLINE_EXCEEDED; a dropped connection), call again with
+         `start_cursor` = the last cursor: the stream continues right after
+         it, with no gap and no duplicate. The error's ErrorInfo metadata
+         `cursor` holds the server's last cursor for this stream.
+      4. OUT_OF_RANGE (ErrorInfo reason CURSOR_EXPIRED): the cursor is older
+         than the retained history. Drop the local copy and go back to 1.
+    Quiet streams get a BOOKMARK every few seconds (a server setting), so a
+    resume stays cheap and no proxy idles the stream out.
+    """
 
 @_typing.type_check_only
 class TaskServiceAsyncStub(TaskServiceStub):
@@ -108,6 +133,31 @@ class TaskServiceAsyncStub(TaskServiceStub):
     """Creates up to 1000 tasks in one transaction: all or none (AIP-233)."""
     ListTaskEvents: _aio.UnaryUnaryMultiCallable[_task_service_pb2.ListTaskEventsRequest, _task_service_pb2.ListTaskEventsResponse]  # type: ignore[assignment]
     """Lists the audit trail of one task, oldest first (AIP-158 paging)."""
+    WatchTasks: _aio.UnaryStreamMultiCallable[_task_service_pb2.WatchTasksRequest, _task_service_pb2.WatchTasksResponse]  # type: ignore[assignment]
+    """Watches changes to the tasks matching a filter: a resumable change feed.
+    Every committed create, update, delete and undelete of a matching task
+    arrives once, in commit order, from whichever server process committed
+    it. Each event carries a `cursor`; keep the last one received.
+
+    The resume loop for client authors:
+      1. First call: `initial_snapshot = true` (or list the tasks yourself and
+         start with an empty `start_cursor`, meaning "from now"). Snapshot
+         events come first, then a BOOKMARK whose cursor is where events
+         continue.
+      2. Apply each event (insert or replace `task`; remove it when
+         `no_longer_matches`) and remember its `cursor` (BOOKMARKs carry one
+         too). Events before the first BOOKMARK carry no cursor.
+      3. When the stream breaks (UNAVAILABLE, including server shutdown;
+         RESOURCE_EXHAUSTED for a watcher that fell too far behind;
+         DEADLINE_EXCEEDED; a dropped connection), call again with
+         `start_cursor` = the last cursor: the stream continues right after
+         it, with no gap and no duplicate. The error's ErrorInfo metadata
+         `cursor` holds the server's last cursor for this stream.
+      4. OUT_OF_RANGE (ErrorInfo reason CURSOR_EXPIRED): the cursor is older
+         than the retained history. Drop the local copy and go back to 1.
+    Quiet streams get a BOOKMARK every few seconds (a server setting), so a
+    resume stays cheap and no proxy idles the stream out.
+    """
 
 class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
     """Manages tasks. Errors follow AIP-193: every error carries a
@@ -199,5 +249,36 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_task_service_pb2.ListTaskEventsResponse, _abc.Awaitable[_task_service_pb2.ListTaskEventsResponse]]:
         """Lists the audit trail of one task, oldest first (AIP-158 paging)."""
+
+    @_abc_1.abstractmethod
+    def WatchTasks(
+        self,
+        request: _task_service_pb2.WatchTasksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_task_service_pb2.WatchTasksResponse], _abc.AsyncIterator[_task_service_pb2.WatchTasksResponse]]:
+        """Watches changes to the tasks matching a filter: a resumable change feed.
+        Every committed create, update, delete and undelete of a matching task
+        arrives once, in commit order, from whichever server process committed
+        it. Each event carries a `cursor`; keep the last one received.
+
+        The resume loop for client authors:
+          1. First call: `initial_snapshot = true` (or list the tasks yourself and
+             start with an empty `start_cursor`, meaning "from now"). Snapshot
+             events come first, then a BOOKMARK whose cursor is where events
+             continue.
+          2. Apply each event (insert or replace `task`; remove it when
+             `no_longer_matches`) and remember its `cursor` (BOOKMARKs carry one
+             too). Events before the first BOOKMARK carry no cursor.
+          3. When the stream breaks (UNAVAILABLE, including server shutdown;
+             RESOURCE_EXHAUSTED for a watcher that fell too far behind;
+             DEADLINE_EXCEEDED; a dropped connection), call again with
+             `start_cursor` = the last cursor: the stream continues right after
+             it, with no gap and no duplicate. The error's ErrorInfo metadata
+             `cursor` holds the server's last cursor for this stream.
+          4. OUT_OF_RANGE (ErrorInfo reason CURSOR_EXPIRED): the cursor is older
+             than the retained history. Drop the local copy and go back to 1.
+        Quiet streams get a BOOKMARK every few seconds (a server setting), so a
+        resume stays cheap and no proxy idles the stream out.
+        """
 
 def add_TaskServiceServicer_to_server(servicer: TaskServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

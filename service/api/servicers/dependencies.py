@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.api.call_context import current_principal
+from service.api.cursors import FeedCursors
 from service.api.pagination import PageTokens
+from service.storage.change_feed import ChangeFeed
 from service.storage.database import SessionFactory, UnitOfWork
 
 ACTOR_KEY = "x-actor"
@@ -43,6 +45,9 @@ class Dependencies:
 
     session_factory: SessionFactory
     page_tokens: PageTokens
+    feed_cursors: FeedCursors
+    feed: ChangeFeed | None = None  # set once the server starts it
+    feed_bookmark_interval: float = 30.0
     shutting_down: asyncio.Event = field(default_factory=asyncio.Event)
     open_streams: int = 0
 

@@ -26,6 +26,7 @@ from service.api.requests import (
     check_update_task,
 )
 from service.api.servicers.dependencies import Dependencies
+from service.api.servicers.watch import TaskWatch
 from service.api.validation import Violations, check_enum, check_id, require_id
 from service.storage.audit_snapshots import task_snapshot
 from service.storage.database import UnitOfWork
@@ -116,6 +117,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
 
     def __init__(self, deps: Dependencies) -> None:
         self.deps = deps
+        self.watch = TaskWatch(deps)
 
     async def CreateTask(
         self, request: pb.CreateTaskRequest, context: Context
@@ -332,3 +334,10 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
                 self.deps.page_tokens, page_request, page.next_position
             ),
         )
+
+    async def WatchTasks(
+        self, request: pb.WatchTasksRequest, context: Context
+    ) -> AsyncIterator[pb.WatchTasksResponse]:
+        """The change feed (service/api/servicers/watch.py)."""
+        async for response in self.watch.watch(request, context):
+            yield response
