@@ -26,7 +26,10 @@ from tests.conftest import _admin_dsn
 CORE_TABLES = {"projects", "workers", "tasks"}
 # 0003 (safe writes): the audit trail and the idempotency keys.
 SAFE_WRITES_TABLES = {"audit_events", "idempotency_keys"}
-TABLES = CORE_TABLES | SAFE_WRITES_TABLES
+# 0004 (change feed): the retention horizon; PostgreSQL also numbers commits.
+FEED_TABLES = {"feed_horizon"}
+POSTGRES_FEED_TABLES = {"feed_commits"}
+TABLES = CORE_TABLES | SAFE_WRITES_TABLES | FEED_TABLES
 KEYSET_INDEXES = {
     "ix_tasks_project_id_create_time_id",
     "ix_tasks_create_time_id",
@@ -91,12 +94,26 @@ def head_revision() -> str:
     return heads[0]
 
 
+def tables_at(revision: str, is_postgres: bool) -> set[str]:
+    """The tables a database holds at `revision`."""
+    if revision >= "0004":
+        return TABLES | (POSTGRES_FEED_TABLES if is_postgres else set())
+    return CORE_TABLES | SAFE_WRITES_TABLES if revision >= "0003" else CORE_TABLES
+
+
 def assert_schema_at(schema: Schema, revision: str, is_postgres: bool) -> None:
     """The tables, columns and indexes each revision makes, and nothing of later ones."""
     assert schema.version == revision
     with_0002 = revision >= "0002"
     with_0003 = revision >= "0003"
-    assert schema.tables == (TABLES if with_0003 else CORE_TABLES)
+    with_0004 = revision >= "0004"
+    assert schema.tables == tables_at(revision, is_postgres)
+    if with_0003:
+        feed_columns = {"xid", "state"}
+        audit_columns = schema.columns["audit_events"]
+        assert audit_columns >= feed_columns if with_0004 else not audit_columns & feed_columns
+        feed_index = "ix_audit_events_xid" in schema.indexes["audit_events"]
+        assert feed_index == (with_0004 and is_postgres)
     for table, added in SAFE_WRITES_COLUMNS.items():
         if with_0003:
             assert schema.columns[table] >= added, table
@@ -172,7 +189,7 @@ def test_there_is_exactly_one_head() -> None:
     revisions = list(script.walk_revisions())
     assert [r.revision for r in revisions][0] == head_revision()
     assert revisions[-1].down_revision is None
-    assert [r.revision for r in revisions] == ["0003", "0002", "0001"]
+    assert [r.revision for r in revisions] == ["0004", "0003", "0002", "0001"]
 
 
 async def test_upgrade_check_downgrade_and_upgrade_again(empty_database: str) -> None:
@@ -182,7 +199,7 @@ async def test_upgrade_check_downgrade_and_upgrade_again(empty_database: str) ->
 
     await upgrade(url)
     schema = await read_schema(url)
-    assert schema.tables == TABLES
+    assert schema.tables == tables_at(head_revision(), is_postgres)
     assert schema.version == head_revision()
     assert_schema_at(schema, head_revision(), is_postgres)
     await check(url)  # the migrations make exactly what the models declare
@@ -194,7 +211,7 @@ async def test_upgrade_check_downgrade_and_upgrade_again(empty_database: str) ->
 
     await upgrade(url)
     schema = await read_schema(url)
-    assert schema.tables == TABLES
+    assert schema.tables == tables_at(head_revision(), is_postgres)
     assert_schema_at(schema, head_revision(), is_postgres)
     await check(url)
 
@@ -228,14 +245,18 @@ async def test_each_step_down_and_back_up(empty_database: str) -> None:
     kept = await project_rows(url)
     assert [name for _, name in kept] == ["kept"]
 
-    # 0003 -> 0002 -> head, then 0003 -> 0002 -> 0001 -> 0002 -> head, one step at a time.
+    # head -> 0003 -> head, then down to 0001 and back up, one step at a time.
     steps = [
+        (downgrade, "0003"),
+        (upgrade, "0004"),
+        (downgrade, "0003"),
         (downgrade, "0002"),
         (upgrade, "0003"),
         (downgrade, "0002"),
         (downgrade, "0001"),
         (upgrade, "0002"),
         (upgrade, "0003"),
+        (upgrade, "0004"),
     ]
     assert steps[-1][1] == head_revision()
     for migrate_to, expected in steps:
@@ -370,3 +391,60 @@ async def test_migrations_run_in_one_transaction_on_postgres(
         event.remove(Pool, "connect", log_queries)
     # asyncpg logs what it sends by itself: the transaction around all of the DDL.
     assert [query.split()[0].rstrip(";").upper() for query in sent] == ["BEGIN", "COMMIT"], sent
+
+
+async def _scalars(url: str, sql: str) -> list[object]:
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as connection:
+            return list((await connection.execute(text(sql))).scalars())
+    finally:
+        await engine.dispose()
+
+
+async def _insert_audit_event(url: str, entity_type: str) -> None:
+    """One audit row in a transaction of its own, as a write of the service would add it."""
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(
+                text(
+                    "INSERT INTO audit_events (entity_type, entity_id, action, actor, event_time, "
+                    f"changes) VALUES ('{entity_type}', 1, 'update', 'a', CURRENT_TIMESTAMP, '{{}}')"
+                )
+            )
+    finally:
+        await engine.dispose()
+
+
+async def test_0004_keeps_the_audit_trail_and_puts_older_events_behind_the_horizon(
+    empty_database: str,
+) -> None:
+    url = empty_database
+    is_postgres = url.startswith("postgresql")
+    await upgrade(url, "0003")
+    await _insert_audit_event(url, "task")
+    await upgrade(url)
+    # Events from before the feed carry no task state: behind the horizon (SQLite), or
+    # without a commit number (PostgreSQL).
+    assert await _scalars(url, "SELECT seq FROM feed_horizon") == [0 if is_postgres else 1]
+
+    await _insert_audit_event(url, "task")
+    await _insert_audit_event(url, "project")
+    if is_postgres:
+        # The deferred trigger numbered the one commit with a task event, with its xid.
+        numbered = await _scalars(
+            url, "SELECT count(*) FROM feed_commits c JOIN audit_events e ON e.xid = c.xid"
+        )
+        assert numbered == [1]
+        assert await _scalars(url, "SELECT count(*) FROM audit_events WHERE xid IS NULL") == [1]
+
+    await downgrade(url, "0003")
+    assert_schema_at(await read_schema(url), "0003", is_postgres)
+    assert await _scalars(url, "SELECT count(*) FROM audit_events") == [3]
+    if is_postgres:
+        functions = "SELECT count(*) FROM pg_proc WHERE proname = 'taskservice_feed_commit'"
+        assert await _scalars(url, functions) == [0]
+    await upgrade(url)
+    assert_schema_at(await read_schema(url), head_revision(), is_postgres)
+    await check(url)

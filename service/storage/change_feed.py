@@ -252,9 +252,9 @@ class ChangeFeed:
             server_settings={"application_name": LISTENER_NAME},
             statement_cache_size=0,  # nothing to prepare; safe behind any pooler
         )
-        await connection.add_listener(CHANNEL, self._on_notify)
+        self._listener = connection  # first: a cancel from here on still closes it
         connection.add_termination_listener(self._on_listener_lost)
-        self._listener = connection
+        await connection.add_listener(CHANNEL, self._on_notify)
         log.info("change feed: listening for commits")
         return True
 

@@ -99,7 +99,7 @@ def feed_event(
         before = {**state, **{name: change["old"] for name, change in changes.items()}}
     row = state_values(task_id, state, row_keys)
     return FeedEvent(
-        position, task_id, action, actor, commit_time, tuple(changes), state, before, row
+        position, task_id, action, actor, commit_time, tuple(sorted(changes)), state, before, row
     )
 
 

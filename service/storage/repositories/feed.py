@@ -137,14 +137,14 @@ class FeedRepository(Repository[AuditEvent]):
             if horizon is not None:
                 purged = select(_COMMITS.c.xid).where(_COMMITS.c.seq <= horizon)
                 await self._drop_states(_EVENTS.c.xid.in_(purged))
-                await self.session.execute(_COMMITS.delete().where(_COMMITS.c.seq <= horizon))
+                await self.session.exec(_COMMITS.delete().where(_COMMITS.c.seq <= horizon))
         else:
             newest = select(func.max(_EVENTS.c.id)).where(_EVENTS.c.event_time < cutoff)
             horizon = await self._scalar(newest)
             if horizon is not None:
                 await self._drop_states(_EVENTS.c.id <= horizon)
         if horizon is not None:
-            await self.session.execute(
+            await self.session.exec(
                 update(_HORIZON_TABLE)
                 .where(_HORIZON_TABLE.c.id == 1, _HORIZON_TABLE.c.seq < horizon)
                 .values(seq=horizon)
@@ -152,9 +152,9 @@ class FeedRepository(Repository[AuditEvent]):
         return int(await self._scalar(select(_HORIZON)) or 0)
 
     async def _drop_states(self, which: ColumnElement[bool]) -> None:
-        await self.session.execute(
+        await self.session.exec(
             update(_EVENTS).where(and_(which, _EVENTS.c.state.is_not(None))).values(state=null())
         )
 
     async def _scalar(self, statement: Select[Any]) -> Any:
-        return (await self.session.execute(statement)).scalar()
+        return await self._run_core(statement, {}, Result.scalar)
