@@ -409,8 +409,9 @@ async def _insert_audit_event(url: str, entity_type: str) -> None:
         async with engine.begin() as connection:
             await connection.execute(
                 text(
-                    "INSERT INTO audit_events (entity_type, entity_id, action, actor, event_time, "
-                    f"changes) VALUES ('{entity_type}', 1, 'update', 'a', CURRENT_TIMESTAMP, '{{}}')"
+                    "INSERT INTO audit_events (entity_type, entity_id, action, actor, "
+                    f"event_time, changes) VALUES ('{entity_type}', 1, 'update', 'a', "
+                    "CURRENT_TIMESTAMP, '{}')"
                 )
             )
     finally:
