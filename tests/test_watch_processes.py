@@ -452,8 +452,9 @@ async def test_a_thousand_idle_watchers_cost_one_listening_connection_and_bounde
             rss_after = server.rss_bytes()
             listeners = await admin.fetchval(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 "
-                "AND application_name = 'taskservice-feed-listener'",
+                "AND application_name = $2",
                 database,
+                f"taskservice-feed-listener pid={server.pid}",
             )
             backends_after = await _backends(admin, database)
 

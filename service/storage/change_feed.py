@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from dataclasses import dataclass
 
 import asyncpg
@@ -51,7 +52,8 @@ log = logging.getLogger(__name__)
 
 # The NOTIFY channel the commit trigger sends on (migration 0004).
 CHANNEL = "taskservice_feed"
-# Shown in pg_stat_activity, so the one listening connection per process is easy to find.
+# Shown in pg_stat_activity (with the process id), so the one listening connection per
+# process is easy to find.
 LISTENER_NAME = "taskservice-feed-listener"
 _PING_TIMEOUT = 5.0
 _RETRY_DELAY = 1.0
@@ -249,7 +251,7 @@ class ChangeFeed:
         assert self.config.listen_dsn is not None
         connection = await asyncpg.connect(
             self.config.listen_dsn,
-            server_settings={"application_name": LISTENER_NAME},
+            server_settings={"application_name": f"{LISTENER_NAME} pid={os.getpid()}"},
             statement_cache_size=0,  # nothing to prepare; safe behind any pooler
         )
         self._listener = connection  # first: a cancel from here on still closes it
