@@ -16,6 +16,7 @@ from service.api.cursors import FeedCursors
 from service.api.errors import translate_errors
 from service.api.handler_layers import LayeredRegistration, stack
 from service.api.pagination import PageTokens
+from service.api.serialized import accept_serialized
 from service.api.servicers.dependencies import Dependencies
 from service.api.servicers.projects import ProjectServicer
 from service.api.servicers.tasks import TaskServicer
@@ -104,6 +105,7 @@ async def start_server(settings: Settings) -> TaskServer:
             observe(metrics.rpc if metrics else None, log_all=settings.rpc_log == "all"),
             *auth_layers(settings),
             translate_errors,
+            accept_serialized,
         ),
     )
     task_service_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(deps), services)

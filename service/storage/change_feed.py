@@ -45,7 +45,7 @@ from sqlalchemy.engine import make_url
 from service.settings import Settings
 from service.storage.database import SessionFactory, UnitOfWork
 from service.storage.feed_events import FeedEvent, FeedPosition, relevance
-from service.storage.feed_watcher import EndReason, FeedWatcher, is_expired
+from service.storage.feed_watcher import Chunk, EndReason, FeedWatcher, is_expired
 from service.storage.filters import TaskFilter
 
 log = logging.getLogger(__name__)
@@ -228,8 +228,9 @@ class ChangeFeed:
                 delivered, no_longer_matches = relevance(task_filter, event)
                 if delivered:
                     relevant.append((event, no_longer_matches))
+            chunk = Chunk(relevant) if relevant else None  # one for the whole group
             for watcher in watchers:
-                watcher.offer(relevant, upto)
+                watcher.offer(chunk, upto)
                 if watcher.ended is not None:
                     ended.append(watcher)
         for watcher in ended:

@@ -17,7 +17,13 @@ from service.storage.change_feed import ChangeFeed
 from service.storage.database import SessionFactory, UnitOfWork
 from service.storage.errors import OutOfRange
 from service.storage.feed_events import FeedEvent, FeedPosition, relevance
-from service.storage.feed_watcher import EndReason, FeedWatcher, QueuedEvent, is_expired
+from service.storage.feed_watcher import (
+    Chunk,
+    EndReason,
+    FeedWatcher,
+    QueuedEvent,
+    is_expired,
+)
 from service.storage.filters import TaskFilter
 from service.storage.keyset import Ordering, Position, int_field
 from service.storage.models import Task
@@ -35,9 +41,10 @@ class SnapshotPage:
 
 @dataclass(frozen=True)
 class Changes:
-    """Events for the stream; `resumable` is False before the snapshot's bookmark."""
+    """Events for the stream, in chunks; `resumable` is False before the snapshot's
+    bookmark (the events carry no cursor)."""
 
-    events: list[QueuedEvent]
+    chunks: list[Chunk]
     resumable: bool = True
 
 
@@ -161,7 +168,7 @@ class FeedStream:
             if complete and until is not None:
                 self.position = max(self.position, until.joined_at)
             if relevant:
-                yield Changes(relevant)
+                yield Changes([Chunk(relevant)])
             if complete and until is None:
                 return
 
@@ -172,7 +179,7 @@ class FeedStream:
                 return
             taken = watcher.take(self._batch)
             if taken:
-                self.position = taken[-1][0].position
+                self.position = taken[-1].last
                 yield Changes(taken)
                 continue
             if not await watcher.wait(self._bookmark_interval) and watcher.ended is None:
@@ -236,7 +243,7 @@ class FeedStream:
             unseen = [e for e in within if e.position.seq > seen_at(e.task_id)]
             relevant = self._relevant(unseen)
             if relevant:
-                yield Changes(relevant, resumable=False)
+                yield Changes([Chunk(relevant)], resumable=False)
             if len(within) < len(events) or len(events) < self._batch:
                 return
             position = within[-1].position

@@ -14,6 +14,7 @@ from service.api.mapping.tasks import (
 )
 from service.api.mapping.timestamps import to_timestamp
 from service.storage.feed_events import FeedEvent, FeedPosition
+from service.storage.feed_watcher import Chunk
 from service.storage.filters import TaskFilter
 from service.storage.models import Task
 from taskmanager.v1 import resources_pb2, task_service_pb2
@@ -100,3 +101,16 @@ def with_full_view(
         full.task.assignee.CopyFrom(current.assignee)
     full.task.subtasks.extend(current.subtasks)
     return full
+
+
+def chunk_response(chunk: Chunk, cursor_of: CursorOf | None) -> bytes:
+    """A serialized WatchTasksResponse of a chunk's events, made once per chunk and
+    flavour and shared by every stream the chunk is queued for. Serialized responses
+    concatenate into one (a repeated field merges), so a stream sends several chunks
+    as one message without re-encoding."""
+    key = cursor_of is not None
+    encoded: bytes | None = chunk.memo.get(key)
+    if encoded is None:
+        events = [change_message(event, gone, cursor_of) for event, gone in chunk.events]
+        encoded = chunk.memo[key] = pb.WatchTasksResponse(events=events).SerializeToString()
+    return encoded

@@ -335,9 +335,9 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
             ),
         )
 
-    async def WatchTasks(
+    async def WatchTasks(  # type: ignore[override]  # serialized responses: api/serialized.py
         self, request: pb.WatchTasksRequest, context: Context
-    ) -> AsyncIterator[pb.WatchTasksResponse]:
+    ) -> AsyncIterator[bytes]:
         """The change feed (service/api/servicers/watch.py)."""
         async for response in self.watch.watch(request, context):
             yield response

@@ -8,6 +8,7 @@ from typing import Any
 from service.api.mapping.feed import (
     bookmark_message,
     change_message,
+    chunk_response,
     snapshot_message,
     watch_filter_from,
     with_full_view,
@@ -29,11 +30,11 @@ class TaskWatch:
     def __init__(self, deps: Dependencies) -> None:
         self.deps = deps
 
-    async def watch(
-        self, request: pb.WatchTasksRequest, context: Context
-    ) -> AsyncIterator[pb.WatchTasksResponse]:
+    async def watch(self, request: pb.WatchTasksRequest, context: Context) -> AsyncIterator[bytes]:
         """Validate, then relay the feed stream's items as responses until it ends.
 
+        Responses are serialized WatchTasksResponse messages (see api/serialized.py):
+        a read's events are encoded once for every watcher with the same filter.
         The context is never touched here: a cancelled or expired call arrives as
         CancelledError, and FeedStream's finally unsubscribes without it.
         """
@@ -52,22 +53,25 @@ class TaskWatch:
             async for item in stream.items(start, request.initial_snapshot):
                 yield await self._response(item, full)
 
-    async def _response(self, item: FeedItem, full: bool) -> pb.WatchTasksResponse:
+    async def _response(self, item: FeedItem, full: bool) -> bytes:
         if isinstance(item, Ended):
             raise self._ended(item)
         if isinstance(item, Bookmark):
             cursor = self.deps.feed_cursors.encode(item.position)
-            return pb.WatchTasksResponse(events=[bookmark_message(cursor)])
+            return pb.WatchTasksResponse(events=[bookmark_message(cursor)]).SerializeToString()
         if isinstance(item, SnapshotPage):
             events = [snapshot_message(row) for row in item.rows]
             ids = [row[0] for row in item.rows]
         else:
             cursor_of = self.deps.feed_cursors.encode if item.resumable else None
-            events = [change_message(e, gone, cursor_of) for e, gone in item.events]
-            ids = [event.task_id for event, _ in item.events]
+            if not full:
+                return b"".join(chunk_response(chunk, cursor_of) for chunk in item.chunks)
+            pairs = [pair for chunk in item.chunks for pair in chunk.events]
+            events = [change_message(event, gone, cursor_of) for event, gone in pairs]
+            ids = [event.task_id for event, _ in pairs]
         if full:
             events = await self._full_view(events, ids)
-        return pb.WatchTasksResponse(events=events)
+        return pb.WatchTasksResponse(events=events).SerializeToString()
 
     async def _full_view(
         self, events: list[pb.TaskEvent], ids: Sequence[int]
