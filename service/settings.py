@@ -148,6 +148,13 @@ class Settings(BaseSettings):
         le=5000,
         description="Events per change-feed read and tasks per initial-snapshot batch.",
     )
+    feed_min_read_interval: float = Field(
+        default=0.01,
+        ge=0,
+        description="Seconds between two reads of new change-feed events at least: under "
+        "load one read (and one message per watcher) carries the commits of this long; "
+        "a quiet feed is read at once.",
+    )
     feed_recheck_interval: float = Field(
         default=30.0,
         gt=0,

@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from dataclasses import dataclass
 
 import asyncpg
@@ -68,6 +69,7 @@ class FeedConfig:
     poll_interval: float  # SQLite: poll this often
     read_batch: int  # events per read
     watcher_buffer: int  # events a watcher may have queued before it is cut off
+    min_read_interval: float = 0.0  # seconds between reads at least (batches busy periods)
 
 
 # Query parameters of a SQLAlchemy URL meant for its asyncpg dialect, not for asyncpg.
@@ -87,6 +89,7 @@ def feed_config(settings: Settings) -> FeedConfig:
         poll_interval=settings.feed_poll_interval,
         read_batch=settings.feed_batch_size,
         watcher_buffer=settings.feed_watcher_buffer,
+        min_read_interval=settings.feed_min_read_interval,
     )
 
 
@@ -171,9 +174,16 @@ class ChangeFeed:
     # --- the reader ---------------------------------------------------------------
 
     async def _run(self) -> None:
+        next_read = 0.0
         while True:
             try:
                 await self._wait_for_wake_up()
+                # Busy: let commits gather for a moment, so one read (and one message
+                # per watcher) carries several. Quiet: read at once.
+                delay = next_read - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                next_read = time.monotonic() + self.config.min_read_interval
                 await self._read_new_events()
             except asyncio.CancelledError:
                 raise

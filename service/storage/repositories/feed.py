@@ -120,6 +120,7 @@ class FeedRepository(Repository[AuditEvent]):
                 row_keys=BASIC_KEYS,
             )
             for row in rows
+            if row[7] is not None  # no state: purged, behind the horizon the caller checks
         ]
         return FeedRead(events, int(rows[0][8]) if rows else None)
 
