@@ -190,8 +190,8 @@ class TaskServiceServicer:
         `cursor` holds the server's last cursor for this stream.
         4. OUT_OF_RANGE (ErrorInfo reason CURSOR_EXPIRED): the cursor is older
         than the retained history. Drop the local copy and go back to 1.
-        Quiet streams get a BOOKMARK every few seconds (a server setting), so a
-        resume stays cheap and no proxy idles the stream out.
+        A stream quiet for a while (30 s by default, a server setting) gets a
+        BOOKMARK, so a resume stays cheap and no proxy idles the stream out.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

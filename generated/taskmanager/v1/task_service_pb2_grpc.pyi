@@ -90,8 +90,8 @@ class TaskServiceStub:
          `cursor` holds the server's last cursor for this stream.
       4. OUT_OF_RANGE (ErrorInfo reason CURSOR_EXPIRED): the cursor is older
          than the retained history. Drop the local copy and go back to 1.
-    Quiet streams get a BOOKMARK every few seconds (a server setting), so a
-    resume stays cheap and no proxy idles the stream out.
+    A stream quiet for a while (30 s by default, a server setting) gets a
+    BOOKMARK, so a resume stays cheap and no proxy idles the stream out.
     """
 
 @_typing.type_check_only
@@ -155,8 +155,8 @@ class TaskServiceAsyncStub(TaskServiceStub):
          `cursor` holds the server's last cursor for this stream.
       4. OUT_OF_RANGE (ErrorInfo reason CURSOR_EXPIRED): the cursor is older
          than the retained history. Drop the local copy and go back to 1.
-    Quiet streams get a BOOKMARK every few seconds (a server setting), so a
-    resume stays cheap and no proxy idles the stream out.
+    A stream quiet for a while (30 s by default, a server setting) gets a
+    BOOKMARK, so a resume stays cheap and no proxy idles the stream out.
     """
 
 class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -277,8 +277,8 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
              `cursor` holds the server's last cursor for this stream.
           4. OUT_OF_RANGE (ErrorInfo reason CURSOR_EXPIRED): the cursor is older
              than the retained history. Drop the local copy and go back to 1.
-        Quiet streams get a BOOKMARK every few seconds (a server setting), so a
-        resume stays cheap and no proxy idles the stream out.
+        A stream quiet for a while (30 s by default, a server setting) gets a
+        BOOKMARK, so a resume stays cheap and no proxy idles the stream out.
         """
 
 def add_TaskServiceServicer_to_server(servicer: TaskServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
