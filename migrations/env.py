@@ -36,6 +36,19 @@ def _include_object(
     return dialects is None or context.get_context().dialect.name in dialects
 
 
+def _compare_server_default(
+    context: Any,
+    inspected_column: Any,
+    metadata_column: Any,
+    inspected_default: Any,
+    metadata_default: Any,
+    rendered_metadata_default: Any,
+) -> bool | None:
+    """Columns whose default only a migration declares, on some dialects (their info
+    says so), never differ; everything else is compared as usual (None)."""
+    return False if metadata_column.info.get("default_set_by_migration") else None
+
+
 def _configure(connection: Connection | None = None, url: str | None = None) -> None:
     dialect = connection.dialect.name if connection is not None else (url or "").split(":")[0]
     context.configure(
@@ -45,7 +58,7 @@ def _configure(connection: Connection | None = None, url: str | None = None) -> 
         # SQLite cannot ALTER most things in place; batch mode recreates tables.
         render_as_batch=dialect.startswith("sqlite"),
         compare_type=True,
-        compare_server_default=True,
+        compare_server_default=_compare_server_default,
         literal_binds=connection is None,
         include_object=_include_object,
     )

@@ -29,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
         choices=("serve", "migrate", "purge"),
         default="serve",
         help="serve (default); migrate: apply migrations and exit; purge: drop soft-deleted "
-        "tasks older than 30 days and request ids older than 7 days, then exit",
+        "tasks older than 30 days, request ids older than 7 days and change-feed history "
+        "older than feed_retention_days, then exit",
     )
     for name, field in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")

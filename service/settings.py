@@ -248,6 +248,57 @@ class Settings(BaseSettings):
         description="Seconds between checks of each standby's health and replay position.",
     )
 
+    # --- change feed (WatchTasks) ----------------------------------------------------
+    listen_database_url: str | None = Field(
+        default=None,
+        description="PostgreSQL URL the change feed LISTENs on, one session per process "
+        "(default: database_url). Behind a transaction-mode pooler (PgBouncer) point it "
+        "at PostgreSQL directly: LISTEN needs a session connection.",
+    )
+    feed_bookmark_interval: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds a WatchTasks stream may be quiet before it gets a BOOKMARK "
+        "(keep it below proxies' idle timeouts, e.g. nginx grpc_read_timeout 60 s).",
+    )
+    feed_retention_days: float = Field(
+        default=7.0,
+        gt=0,
+        description="Days of change history `taskservice purge` keeps; older WatchTasks "
+        "cursors are OUT_OF_RANGE (CURSOR_EXPIRED).",
+    )
+    feed_watcher_buffer: int = Field(
+        default=1000,
+        ge=1,
+        description="Events a WatchTasks stream may fall behind before it is ended with "
+        "RESOURCE_EXHAUSTED (it resumes from its last cursor).",
+    )
+    feed_batch_size: int = Field(
+        default=500,
+        ge=1,
+        le=5000,
+        description="Events per change-feed read and tasks per initial-snapshot batch.",
+    )
+    feed_min_read_interval: float = Field(
+        default=0.01,
+        ge=0,
+        description="Seconds between two reads of new change-feed events at least: under "
+        "load one read (and one message per watcher) carries the commits of this long; "
+        "a quiet feed is read at once.",
+    )
+    feed_recheck_interval: float = Field(
+        default=30.0,
+        gt=0,
+        description="PostgreSQL: seconds between the change feed's safety re-reads "
+        "(wake-ups come from LISTEN/NOTIFY; this covers a lost listening connection).",
+    )
+    feed_poll_interval: float = Field(
+        default=0.25,
+        gt=0,
+        description="SQLite: seconds between change-feed polls for writes by other "
+        "processes (this process's own commits wake watchers at once).",
+    )
+
     @field_validator("database_url", "session_database_url")
     @classmethod
     def _normalise_url(cls, value: str | None) -> str | None:
@@ -274,6 +325,11 @@ class Settings(BaseSettings):
     def admission_limit(self) -> int:
         """RPCs executing at once: max_concurrent_rpcs, else what the pool can serve."""
         return self.max_concurrent_rpcs or self.pool_size + self.max_overflow
+
+    @field_validator("listen_database_url")
+    @classmethod
+    def _normalise_listen_url(cls, value: str | None) -> str | None:
+        return None if value is None else normalise_database_url(value)
 
     @property
     def is_sqlite(self) -> bool:

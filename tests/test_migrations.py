@@ -28,7 +28,10 @@ from tests.conftest import _admin_dsn
 CORE_TABLES = {"projects", "workers", "tasks"}
 # 0003 (safe writes): the audit trail and the idempotency keys.
 SAFE_WRITES_TABLES = {"audit_events", "idempotency_keys"}
-TABLES = CORE_TABLES | SAFE_WRITES_TABLES
+# 0004 (change feed): the retention horizon; PostgreSQL also numbers commits.
+FEED_TABLES = {"feed_horizon"}
+POSTGRES_FEED_TABLES = {"feed_commits"}
+TABLES = CORE_TABLES | SAFE_WRITES_TABLES | FEED_TABLES
 KEYSET_INDEXES = {
     "ix_tasks_project_id_create_time_id",
     "ix_tasks_create_time_id",
@@ -60,7 +63,7 @@ LATER_INDEXES: dict[str, dict[str, set[str]]] = {
     "0005": {"tasks": {"ix_tasks_due_time_id", "ix_tasks_id_without_due_time"}},
 }
 # Revisions in order, base first.
-REVISIONS = ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008"]
+REVISIONS = ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009"]
 # 0006: name search (name_contains) on PostgreSQL only.
 NAME_SEARCH_INDEXES = {"projects": {"ix_projects_name_trgm"}, "workers": {"ix_workers_name_trgm"}}
 
@@ -113,13 +116,27 @@ def head_revision() -> str:
     return heads[0]
 
 
+def tables_at(revision: str, is_postgres: bool) -> set[str]:
+    """The tables a database holds at `revision`."""
+    if revision >= "0009":
+        return TABLES | (POSTGRES_FEED_TABLES if is_postgres else set())
+    return CORE_TABLES | SAFE_WRITES_TABLES if revision >= "0003" else CORE_TABLES
+
+
 def assert_schema_at(schema: Schema, revision: str, is_postgres: bool) -> None:
     """The tables, columns and indexes each revision makes, and nothing of later ones."""
     assert schema.version == revision
     with_0002 = revision >= "0002"
     with_0003 = revision >= "0003"
     with_checks = revision >= "0008"
-    assert schema.tables == (TABLES if with_0003 else CORE_TABLES)
+    with_0009 = revision >= "0009"
+    assert schema.tables == tables_at(revision, is_postgres)
+    if with_0003:
+        feed_columns = {"xid", "state"}
+        audit_columns = schema.columns["audit_events"]
+        assert audit_columns >= feed_columns if with_0009 else not audit_columns & feed_columns
+        feed_index = "ix_audit_events_xid" in schema.indexes["audit_events"]
+        assert feed_index == (with_0009 and is_postgres)
     for table, added in SAFE_WRITES_COLUMNS.items():
         if with_0003:
             assert schema.columns[table] >= added, table
@@ -219,7 +236,7 @@ async def test_upgrade_check_downgrade_and_upgrade_again(empty_database: str) ->
 
     await upgrade(url)
     schema = await read_schema(url)
-    assert schema.tables == TABLES
+    assert schema.tables == tables_at(head_revision(), is_postgres)
     assert schema.version == head_revision()
     assert_schema_at(schema, head_revision(), is_postgres)
     await check(url)  # the migrations make exactly what the models declare
@@ -231,7 +248,7 @@ async def test_upgrade_check_downgrade_and_upgrade_again(empty_database: str) ->
 
     await upgrade(url)
     schema = await read_schema(url)
-    assert schema.tables == TABLES
+    assert schema.tables == tables_at(head_revision(), is_postgres)
     assert_schema_at(schema, head_revision(), is_postgres)
     await check(url)
 
@@ -475,6 +492,15 @@ async def _create_statements(url: str) -> dict[str, str]:
         await engine.dispose()
 
 
+async def _scalars(url: str, sql: str) -> list[object]:
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as connection:
+            return list((await connection.execute(text(sql))).scalars())
+    finally:
+        await engine.dispose()
+
+
 async def test_sqlite_never_reuses_ids_from_0007_on(tmp_path: Path) -> None:
     """AUTOINCREMENT on the resource tables; the rebuild keeps rows, references and the
     partial index."""
@@ -513,3 +539,52 @@ async def test_sqlite_never_reuses_ids_from_0007_on(tmp_path: Path) -> None:
     await downgrade(url, "0006")
     assert not any("AUTOINCREMENT" in sql for sql in (await _create_statements(url)).values())
     assert await task_rows(url) == before
+
+
+async def _insert_audit_event(url: str, entity_type: str) -> None:
+    """One audit row in a transaction of its own, as a write of the service would add it."""
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(
+                text(
+                    "INSERT INTO audit_events (entity_type, entity_id, action, actor, "
+                    f"event_time, changes) VALUES ('{entity_type}', 1, 'update', 'a', "
+                    "CURRENT_TIMESTAMP, '{}')"
+                )
+            )
+    finally:
+        await engine.dispose()
+
+
+async def test_0009_keeps_the_audit_trail_and_puts_older_events_behind_the_horizon(
+    empty_database: str,
+) -> None:
+    url = empty_database
+    is_postgres = url.startswith("postgresql")
+    await upgrade(url, "0008")
+    await _insert_audit_event(url, "task")
+    await upgrade(url)
+    # Events from before the feed carry no task state: behind the horizon (SQLite), or
+    # without a commit number (PostgreSQL).
+    assert await _scalars(url, "SELECT seq FROM feed_horizon") == [0 if is_postgres else 1]
+
+    await _insert_audit_event(url, "task")
+    await _insert_audit_event(url, "project")
+    if is_postgres:
+        # The deferred trigger numbered the one commit with a task event, with its xid.
+        numbered = await _scalars(
+            url, "SELECT count(*) FROM feed_commits c JOIN audit_events e ON e.xid = c.xid"
+        )
+        assert numbered == [1]
+        assert await _scalars(url, "SELECT count(*) FROM audit_events WHERE xid IS NULL") == [1]
+
+    await downgrade(url, "0008")
+    assert_schema_at(await read_schema(url), "0008", is_postgres)
+    assert await _scalars(url, "SELECT count(*) FROM audit_events") == [3]
+    if is_postgres:
+        functions = "SELECT count(*) FROM pg_proc WHERE proname = 'taskservice_feed_commit'"
+        assert await _scalars(url, functions) == [0]
+    await upgrade(url)
+    assert_schema_at(await read_schema(url), head_revision(), is_postgres)
+    await check(url)

@@ -107,7 +107,7 @@ def bounded_status(error: ServiceError) -> status_pb2.Status:
 
 def _retry_info(error: ServiceError) -> error_details_pb2.RetryInfo | None:
     """When to try again, for an overloaded server's refusal (AIP-194)."""
-    if not isinstance(error, ResourceExhausted):
+    if not isinstance(error, ResourceExhausted) or error.retry_delay is None:
         return None
     retry_info = error_details_pb2.RetryInfo()
     retry_info.retry_delay.FromNanoseconds(round(error.retry_delay * 1e9))

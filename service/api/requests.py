@@ -250,6 +250,32 @@ def check_update_worker(request: worker_service_pb2.UpdateWorkerRequest) -> froz
 
 def check_task_filter(request: ListOrStream) -> Violations:
     """Violations in the filter fields of ListTasks/StreamTasks (raised with paging ones)."""
+    violations = _check_common_filters(request)
+    if request.HasField("creator_id"):
+        check_id(violations, "creator_id", request.creator_id)
+    if check_no_nul(violations, "title_contains", request.title_contains):
+        # No title is longer, and SQLite refuses LIKE patterns above 50,000 bytes.
+        if len(request.title_contains) > TITLE_MAX:
+            violations.add("title_contains", f"must be at most {TITLE_MAX} characters", "TOO_LONG")
+    check_enum(violations, "view", request.view, resources_pb2.TaskView, allow_unspecified=True)
+    for name in ("create_time", "update_time", "due_time"):
+        check_time_range(violations, name, getattr(request, name))
+    return violations
+
+
+def check_watch_tasks(request: task_service_pb2.WatchTasksRequest) -> None:
+    """Rules for a WatchTasks request: the filters it shares with ListTasks, and its start."""
+    violations = _check_common_filters(request)
+    check_enum(violations, "view", request.view, resources_pb2.TaskView, allow_unspecified=True)
+    if request.initial_snapshot and request.start_cursor:
+        violations.add("initial_snapshot", "cannot be combined with start_cursor", "CONFLICT")
+    violations.raise_if_any()
+
+
+def _check_common_filters(
+    request: ListOrStream | task_service_pb2.WatchTasksRequest,
+) -> Violations:
+    """The filters of ListTasks, StreamTasks and WatchTasks alike."""
     violations = Violations()
     if request.project_id < 0:
         violations.add("project_id", "must be a positive id, or 0 for all", "INVALID_ID")
@@ -273,20 +299,11 @@ def check_task_filter(request: ListOrStream) -> Violations:
         check_id(violations, "assignee_id", request.assignee_id)
         if request.unassigned:
             violations.add("unassigned", "cannot be combined with assignee_id", "CONFLICT")
-    if request.HasField("creator_id"):
-        check_id(violations, "creator_id", request.creator_id)
     if request.HasField("parent_task_id"):
         check_id(violations, "parent_task_id", request.parent_task_id)
         if request.top_level_only:
             violations.add("top_level_only", "cannot be combined with parent_task_id", "CONFLICT")
     check_tags(violations, "tags", request.tags)
-    if check_no_nul(violations, "title_contains", request.title_contains):
-        # No title is longer, and SQLite refuses LIKE patterns above 50,000 bytes.
-        if len(request.title_contains) > TITLE_MAX:
-            violations.add("title_contains", f"must be at most {TITLE_MAX} characters", "TOO_LONG")
-    check_enum(violations, "view", request.view, resources_pb2.TaskView, allow_unspecified=True)
-    for name in ("create_time", "update_time", "due_time"):
-        check_time_range(violations, name, getattr(request, name))
     return violations
 
 

@@ -3,7 +3,7 @@
 With any token configured, every RPC except health checks and reflection must carry
 `authorization: Bearer <token>` metadata naming a known token; the token's principal
 becomes the audit actor (`service.api.call_context.current_principal`). Principals
-listed as read-only may call Get*/List*/Stream* methods only.
+listed as read-only may call Get*/List*/Stream*/Watch* methods only.
 """
 
 from __future__ import annotations
@@ -35,13 +35,13 @@ AUTHORIZATION_KEY = "authorization"
 OPEN_SERVICES = frozenset(
     {health.SERVICE_NAME, reflection.SERVICE_NAME, "grpc.reflection.v1.ServerReflection"}
 )
-READ_PREFIXES = ("Get", "BatchGet", "List", "Stream")
+READ_PREFIXES = ("Get", "BatchGet", "List", "Stream", "Watch")
 
 Behavior = Callable[[Any, Any], Any]
 
 
 def is_read(method: str) -> bool:
-    """Whether `/package.Service/Method` only reads (Get*, BatchGet*, List*, Stream*)."""
+    """Whether `/package.Service/Method` only reads (Get*, BatchGet*, List*, Stream*, Watch*)."""
     return method.rsplit("/", 1)[-1].startswith(READ_PREFIXES)
 
 

@@ -12,9 +12,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.api.cursors import FeedCursors
 from service.api.errors import UnknownMethods, translate_errors
 from service.api.handler_layers import LayeredRegistration, stack
 from service.api.pagination import PageTokens
+from service.api.serialized import accept_serialized
 from service.api.servicers.dependencies import Dependencies
 from service.api.servicers.projects import ProjectServicer
 from service.api.servicers.tasks import TaskServicer
@@ -29,6 +31,7 @@ from service.runtime.shutdown import drain, exit_drained
 from service.runtime.tracing import Tracing, start_tracing
 from service.runtime.transport import PortInUse, bind, server_options
 from service.settings import Settings
+from service.storage.change_feed import ChangeFeed, feed_config
 from service.storage.database import make_session_factory
 from service.storage.engines import create_engine
 from service.storage.replicas import ReplicaSet
@@ -51,7 +54,7 @@ SERVICE_NAMES = (
 )
 # Methods that never take an admission slot ("/package.Service/Method"): long-lived,
 # mostly idle streams such as a change feed, which must not be refused for overload.
-ADMISSION_EXEMPT: frozenset[str] = frozenset()
+ADMISSION_EXEMPT: frozenset[str] = frozenset({"/taskmanager.v1.TaskService/WatchTasks"})
 # What grpc's own stop gives calls the drain did not wait for: only ungated calls
 # (health, reflection) can still run, and a health Watch never ends by itself.
 UNGATED_GRACE_S = 1.0
@@ -67,6 +70,7 @@ class TaskServer:
     health: health.aio.HealthServicer
     deps: Dependencies
     gate: AdmissionGate
+    feed: ChangeFeed
     metrics: Metrics | None = None
     probe: DatabaseHealthProbe | None = None
     tracing: Tracing | None = None
@@ -83,13 +87,25 @@ class TaskServer:
         were still running after it."""
         if self.probe is not None:
             await self.probe.stop()  # first, so nothing can report SERVING again
-        return await drain(
+        drained = await drain(
             self.gate,
             self.health,
             self.deps.shutting_down,
             grace=grace,
             drain_delay=drain_delay,
         )
+        # Watch streams take no admission slot, so the drain did not wait for them: end
+        # them now, each with its last cursor (UNAVAILABLE), and let their statuses leave.
+        self.feed.shutdown()
+        await self._streams_ended(UNGATED_GRACE_S)
+        return drained
+
+    async def _streams_ended(self, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + timeout
+        while self.deps.open_streams and loop.time() < give_up:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # the last status frames are written after the handler
 
     async def stop(self, grace: float, *, drain_delay: float = 0.0) -> None:
         """Drain, then stop gRPC (cancelling what is left) and release the pool."""
@@ -100,7 +116,8 @@ class TaskServer:
         await self.release()
 
     async def release(self) -> None:
-        """Close the pool and the /metrics listener."""
+        """Close the change feed's listener, the pool and the /metrics listener."""
+        await self.feed.stop()
         if self.replicas is not None:
             await self.replicas.stop()
         await self.engine.dispose()
@@ -122,11 +139,17 @@ async def start_server(settings: Settings) -> TaskServer:
     )
     if metrics is not None:
         metrics.watch_admission(gate)
+    session_factory = make_session_factory(engine)
+    secret = settings.page_token_secret.get_secret_value()
+    feed = ChangeFeed(session_factory, feed_config(settings))
     deps = Dependencies(
-        session_factory=make_session_factory(engine),
-        page_tokens=PageTokens(settings.page_token_secret.get_secret_value()),
+        session_factory=session_factory,
+        page_tokens=PageTokens(secret),
         replicas=replicas,
         admission=gate,
+        feed_cursors=FeedCursors(secret),
+        feed=feed,
+        feed_bookmark_interval=settings.feed_bookmark_interval,
     )
     tracing = start_tracing(settings)  # None (and no per-call cost) unless configured
     if tracing is not None:
@@ -145,6 +168,7 @@ async def start_server(settings: Settings) -> TaskServer:
             *auth_layers(settings),
             admission(gate, ADMISSION_EXEMPT),
             translate_errors,
+            accept_serialized,
         ),
     )
     task_service_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(deps), services)
@@ -170,6 +194,7 @@ async def start_server(settings: Settings) -> TaskServer:
     if replicas is not None:
         await replicas.start()
     await server.start()
+    feed.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     probe = DatabaseHealthProbe.for_settings(settings, health_servicer, ("", *SERVICE_NAMES))
@@ -182,6 +207,7 @@ async def start_server(settings: Settings) -> TaskServer:
         health_servicer,
         deps,
         gate,
+        feed,
         metrics,
         probe=probe,
         tracing=tracing,
@@ -217,6 +243,7 @@ async def serve(settings: Settings) -> None:
         settings.shutdown_grace,
     )
     if await running.drain(settings.shutdown_grace, drain_delay=drain_delay):
+        await running.feed.stop()
         await running.engine.dispose()
         log.info("stopped")
         exit_drained()

@@ -24,6 +24,7 @@ from service.storage.engines import (
 )
 from service.storage.repositories.audit import AuditRepository, AuditValues, event_values
 from service.storage.repositories.base import RELEASE_AFTER_STATEMENT
+from service.storage.repositories.feed import FeedRepository
 from service.storage.repositories.idempotency import IdempotencyRepository
 from service.storage.repositories.projects import ProjectRepository
 from service.storage.repositories.tasks import TaskRepository
@@ -65,6 +66,9 @@ class SessionFactory(async_sessionmaker[AsyncSession]):
         )
         self.read_only_options = _read_only_options(engine.dialect.name)
         self.write_options = write_options(engine.dialect.name)
+        # Called after every commit of a unit of work (the change feed's in-process
+        # wake-up on SQLite, whose writers cannot NOTIFY).
+        self.commit_listeners: list[Callable[[], None]] = []
 
 
 def make_session_factory(engine: AsyncEngine) -> SessionFactory:
@@ -149,6 +153,7 @@ class UnitOfWork:
         self.workers = WorkerRepository(self.session)
         self.audit = AuditRepository(self.session)
         self.idempotency = IdempotencyRepository(self.session)
+        self.feed = FeedRepository(self.session)
         return self
 
     async def __aexit__(
@@ -193,3 +198,5 @@ class UnitOfWork:
             raise RuntimeError("a read-only unit of work cannot commit")
         await self.audit.write_pending()
         await self.session.commit()
+        for listener in self._session_factory.commit_listeners:
+            listener()

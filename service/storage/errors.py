@@ -102,12 +102,13 @@ class Unavailable(ServiceError):
 
 
 class ResourceExhausted(ServiceError):
-    """The service is overloaded; the client should retry after `retry_delay` seconds."""
+    """Overloaded (retry after `retry_delay` seconds), or a per-caller resource ran out
+    (retry_delay None: e.g. a watcher's buffer, which resumes from its cursor)."""
 
     code = "RESOURCE_EXHAUSTED"
 
     def __init__(
-        self, reason: str, message: str, *, retry_delay: float, **metadata: object
+        self, reason: str, message: str, *, retry_delay: float | None = None, **metadata: object
     ) -> None:
         super().__init__(reason, message, **metadata)
         self.retry_delay = retry_delay
@@ -135,6 +136,12 @@ class Unimplemented(ServiceError):
     """The server has no such method."""
 
     code = "UNIMPLEMENTED"
+
+
+class OutOfRange(ServiceError):
+    """The request points outside what is kept (e.g. a change-feed cursor past retention)."""
+
+    code = "OUT_OF_RANGE"
 
 
 @contextmanager

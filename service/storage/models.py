@@ -309,13 +309,19 @@ class IdempotencyKey(SQLModel, table=True):
 
 # Audit changes: {"field": {"old": ..., "new": ...}}, JSONB on PostgreSQL.
 ChangesType = JSON().with_variant(JSONB(), "postgresql")
+# A task event's state; None is SQL NULL (not JSON null), so "no state" is testable.
+StateType = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
 
 
 class AuditEvent(SQLModel, table=True):
-    """One committed mutation; ids increase, so the table can feed a change stream."""
+    """One committed mutation; the change feed reads the task events in commit order."""
 
     __tablename__ = "audit_events"
-    __table_args__ = (Index("ix_audit_events_entity", "entity_type", "entity_id", "id"),)
+    __table_args__ = (
+        Index("ix_audit_events_entity", "entity_type", "entity_id", "id"),
+        # PostgreSQL: the change feed joins a commit's events by transaction id.
+        Index("ix_audit_events_xid", "xid", info={"dialects": ("postgresql",)}),
+    )
 
     id: int | None = Field(default=None, sa_type=IdType, primary_key=True)
     entity_type: str = Field(sa_column=Column(String(16), nullable=False))
@@ -326,3 +332,38 @@ class AuditEvent(SQLModel, table=True):
     changes: dict[str, Any] = Field(
         default_factory=dict, sa_column=Column(ChangesType, nullable=False)
     )
+    # The change feed. xid: the writing transaction's id; PostgreSQL fills it with a
+    # column default that only the migration declares (pg_current_xact_id()), and
+    # FeedCommit says when that transaction committed. SQLite leaves it NULL (its
+    # single writer commits in id order). state: a task event's task right after the
+    # change (every column but id, as JSON values); NULL for other entities and once
+    # the feed's retention has passed.
+    xid: int | None = Field(
+        default=None,
+        sa_column=Column(BigInteger, nullable=True, info={"default_set_by_migration": True}),
+    )
+    state: dict[str, Any] | None = Field(default=None, sa_column=Column(StateType, nullable=True))
+
+
+class FeedCommit(SQLModel, table=True):
+    """PostgreSQL: a committed transaction with task events, numbered in commit order.
+
+    Written by a deferred trigger on audit_events at COMMIT, under a transaction-scoped
+    advisory lock, so `seq` follows commit order (see service/storage/change_feed.py).
+    """
+
+    __tablename__ = "feed_commits"
+    __table_args__ = {"info": {"dialects": ("postgresql",)}}
+
+    seq: int | None = Field(default=None, sa_type=BigInteger, primary_key=True)
+    xid: int = Field(sa_column=Column(BigInteger, nullable=False, unique=True))
+    commit_time: datetime = _time_column()
+
+
+class FeedHorizon(SQLModel, table=True):
+    """One row: feed positions up to `seq` are past retention (purged)."""
+
+    __tablename__ = "feed_horizon"
+
+    id: int = Field(default=1, sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    seq: int = Field(sa_column=Column(BigInteger, nullable=False))

@@ -487,8 +487,8 @@ class AuditEvent(_message.Message):
     EVENT_TIME_FIELD_NUMBER: _builtins.int
     CHANGES_FIELD_NUMBER: _builtins.int
     id: _builtins.int
-    """Position in the audit trail; strictly increasing in commit order of
-    allocation, so it can serve as a change-stream cursor.
+    """Position in the audit trail, increasing in order of allocation (not of
+    commit: follow changes with TaskService.WatchTasks, whose cursors do).
     """
     entity_type: _builtins.str
     """`task`, `project` or `worker`."""

@@ -7,7 +7,9 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from taskmanager.v1 import resources_pb2 as _resources_pb2
 import builtins as _builtins
 import sys
@@ -19,6 +21,50 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _TaskEventType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TaskEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskEventType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TASK_EVENT_TYPE_UNSPECIFIED: _TaskEventType.ValueType  # 0
+    """Never sent."""
+    TASK_EVENT_TYPE_CREATED: _TaskEventType.ValueType  # 1
+    """The task was created."""
+    TASK_EVENT_TYPE_UPDATED: _TaskEventType.ValueType  # 2
+    """Fields of the task changed (`changed_fields` says which)."""
+    TASK_EVENT_TYPE_DELETED: _TaskEventType.ValueType  # 3
+    """The task was soft-deleted (`task.delete_time` is set)."""
+    TASK_EVENT_TYPE_UNDELETED: _TaskEventType.ValueType  # 4
+    """The task was restored by UndeleteTask."""
+    TASK_EVENT_TYPE_SNAPSHOT: _TaskEventType.ValueType  # 5
+    """The task as it was when the initial snapshot was read (not a change)."""
+    TASK_EVENT_TYPE_BOOKMARK: _TaskEventType.ValueType  # 6
+    """No change: only `cursor`, the position the stream has reached. Resuming
+    from it skips nothing that matches.
+    """
+
+class TaskEventType(_TaskEventType, metaclass=_TaskEventTypeEnumTypeWrapper):
+    """What a TaskEvent reports."""
+
+TASK_EVENT_TYPE_UNSPECIFIED: TaskEventType.ValueType  # 0
+"""Never sent."""
+TASK_EVENT_TYPE_CREATED: TaskEventType.ValueType  # 1
+"""The task was created."""
+TASK_EVENT_TYPE_UPDATED: TaskEventType.ValueType  # 2
+"""Fields of the task changed (`changed_fields` says which)."""
+TASK_EVENT_TYPE_DELETED: TaskEventType.ValueType  # 3
+"""The task was soft-deleted (`task.delete_time` is set)."""
+TASK_EVENT_TYPE_UNDELETED: TaskEventType.ValueType  # 4
+"""The task was restored by UndeleteTask."""
+TASK_EVENT_TYPE_SNAPSHOT: TaskEventType.ValueType  # 5
+"""The task as it was when the initial snapshot was read (not a change)."""
+TASK_EVENT_TYPE_BOOKMARK: TaskEventType.ValueType  # 6
+"""No change: only `cursor`, the position the stream has reached. Resuming
+from it skips nothing that matches.
+"""
+Global___TaskEventType: _TypeAlias = TaskEventType  # noqa: Y015
 
 @_typing.final
 class CreateTaskRequest(_message.Message):
@@ -657,3 +703,195 @@ class BatchGetTasksResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BatchGetTasksResponse: _TypeAlias = BatchGetTasksResponse  # noqa: Y015
+
+@_typing.final
+class WatchTasksRequest(_message.Message):
+    """Request of WatchTasks: the filters of ListTasksRequest (every filter that is
+    set must match), a view, and where the stream starts.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    STATUSES_FIELD_NUMBER: _builtins.int
+    PRIORITIES_FIELD_NUMBER: _builtins.int
+    ASSIGNEE_ID_FIELD_NUMBER: _builtins.int
+    UNASSIGNED_FIELD_NUMBER: _builtins.int
+    PARENT_TASK_ID_FIELD_NUMBER: _builtins.int
+    TOP_LEVEL_ONLY_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    SHOW_DELETED_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
+    START_CURSOR_FIELD_NUMBER: _builtins.int
+    INITIAL_SNAPSHOT_FIELD_NUMBER: _builtins.int
+    project_id: _builtins.int
+    """Only tasks of this project; 0 means all projects."""
+    assignee_id: _builtins.int
+    """Only tasks assigned to this worker."""
+    unassigned: _builtins.bool
+    """Only tasks assigned to nobody. Cannot be combined with assignee_id."""
+    parent_task_id: _builtins.int
+    """Only direct subtasks of this task."""
+    top_level_only: _builtins.bool
+    """Only top-level tasks (no parent). Cannot be combined with parent_task_id."""
+    show_deleted: _builtins.bool
+    """Also watch soft-deleted tasks (AIP-164). Without it a delete takes the
+    task out of the watched set (`no_longer_matches`) and an undelete brings
+    it back.
+    """
+    view: _resources_pb2.TaskView.ValueType
+    """How much of each task to return; defaults to TASK_VIEW_BASIC. With
+    TASK_VIEW_FULL the `assignee` and `subtasks` are as of delivery, the
+    task's own fields as of the change.
+    """
+    start_cursor: _builtins.str
+    """Where to start: a `cursor` from an earlier event or BOOKMARK of any
+    WatchTasks stream (whatever its filters, on any server process); the
+    stream begins right after it. Empty means from now: the first response
+    is then a BOOKMARK. OUT_OF_RANGE (reason CURSOR_EXPIRED) when the cursor
+    is older than the retained history; INVALID_ARGUMENT when it is not a
+    cursor of this service.
+    """
+    initial_snapshot: _builtins.bool
+    """First stream every matching task as a TASK_EVENT_TYPE_SNAPSHOT event (in
+    batches, by id), then the changes made while the snapshot was read, then
+    a BOOKMARK whose cursor is where the events continue: applied in order,
+    they give exactly the matching set as of that BOOKMARK. Cannot be
+    combined with start_cursor.
+    """
+    @_builtins.property
+    def statuses(self) -> _containers.RepeatedScalarFieldContainer[_resources_pb2.TaskStatus.ValueType]:
+        """Only tasks in any of these statuses; empty means any status."""
+
+    @_builtins.property
+    def priorities(self) -> _containers.RepeatedScalarFieldContainer[_resources_pb2.TaskPriority.ValueType]:
+        """Only tasks with any of these priorities; empty means any priority."""
+
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only tasks carrying ALL of these tags."""
+
+    def __init__(
+        self,
+        *,
+        project_id: _builtins.int = ...,
+        statuses: _abc.Iterable[_resources_pb2.TaskStatus.ValueType] | None = ...,
+        priorities: _abc.Iterable[_resources_pb2.TaskPriority.ValueType] | None = ...,
+        assignee_id: _builtins.int | None = ...,
+        unassigned: _builtins.bool = ...,
+        parent_task_id: _builtins.int | None = ...,
+        top_level_only: _builtins.bool = ...,
+        tags: _abc.Iterable[_builtins.str] | None = ...,
+        show_deleted: _builtins.bool = ...,
+        view: _resources_pb2.TaskView.ValueType = ...,
+        start_cursor: _builtins.str = ...,
+        initial_snapshot: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_parent_task_id", b"_parent_task_id", "assignee_id", b"assignee_id", "parent_task_id", b"parent_task_id"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_parent_task_id", b"_parent_task_id", "assignee_id", b"assignee_id", "initial_snapshot", b"initial_snapshot", "parent_task_id", b"parent_task_id", "priorities", b"priorities", "project_id", b"project_id", "show_deleted", b"show_deleted", "start_cursor", b"start_cursor", "statuses", b"statuses", "tags", b"tags", "top_level_only", b"top_level_only", "unassigned", b"unassigned", "view", b"view"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__assignee_id: _TypeAlias = _typing.Literal["assignee_id"]  # noqa: Y015
+    _WhichOneofArgType__assignee_id: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id"]  # noqa: Y015
+    _WhichOneofReturnType__parent_task_id: _TypeAlias = _typing.Literal["parent_task_id"]  # noqa: Y015
+    _WhichOneofArgType__parent_task_id: _TypeAlias = _typing.Literal["_parent_task_id", b"_parent_task_id"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__assignee_id) -> _WhichOneofReturnType__assignee_id | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__parent_task_id) -> _WhichOneofReturnType__parent_task_id | None: ...
+
+Global___WatchTasksRequest: _TypeAlias = WatchTasksRequest  # noqa: Y015
+
+@_typing.final
+class WatchTasksResponse(_message.Message):
+    """One or more events of a WatchTasks stream, in commit order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskEvent]:
+        """The events; a task's events always arrive in the order their
+        transactions committed.
+        """
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___TaskEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchTasksResponse: _TypeAlias = WatchTasksResponse  # noqa: Y015
+
+@_typing.final
+class TaskEvent(_message.Message):
+    """One committed change of a task, a task of the initial snapshot, or a
+    BOOKMARK.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    TASK_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELDS_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    COMMIT_TIME_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    NO_LONGER_MATCHES_FIELD_NUMBER: _builtins.int
+    type: Global___TaskEventType.ValueType
+    """What happened."""
+    actor: _builtins.str
+    """Who made the change (as AuditEvent.actor); empty for SNAPSHOT and
+    BOOKMARK.
+    """
+    cursor: _builtins.str
+    """Opaque position of this event in the feed: pass it as
+    WatchTasksRequest.start_cursor to continue right after it. Compare
+    cursors only for equality. Empty for the events of an initial snapshot
+    (those before its BOOKMARK).
+    """
+    no_longer_matches: _builtins.bool
+    """True when this change took the task out of the watched set: it no
+    longer matches the request's filters (a delete does, unless
+    show_deleted). Remove the task from a local copy. A change that brings a
+    task into the set is an ordinary event with this false.
+    """
+    @_builtins.property
+    def task(self) -> _resources_pb2.Task:
+        """The task right after the change (its state at the snapshot for
+        SNAPSHOT); unset for BOOKMARK.
+        """
+
+    @_builtins.property
+    def changed_fields(self) -> _field_mask_pb2.FieldMask:
+        """The fields the change set, as paths relative to Task (for CREATED,
+        every field set at creation); empty for SNAPSHOT and BOOKMARK.
+        """
+
+    @_builtins.property
+    def commit_time(self) -> _timestamp_pb2.Timestamp:
+        """When the change committed (UTC); unset for SNAPSHOT and BOOKMARK."""
+
+    def __init__(
+        self,
+        *,
+        type: Global___TaskEventType.ValueType = ...,
+        task: _resources_pb2.Task | None = ...,
+        changed_fields: _field_mask_pb2.FieldMask | None = ...,
+        actor: _builtins.str = ...,
+        commit_time: _timestamp_pb2.Timestamp | None = ...,
+        cursor: _builtins.str = ...,
+        no_longer_matches: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["changed_fields", b"changed_fields", "commit_time", b"commit_time", "task", b"task"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "changed_fields", b"changed_fields", "commit_time", b"commit_time", "cursor", b"cursor", "no_longer_matches", b"no_longer_matches", "task", b"task", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaskEvent: _TypeAlias = TaskEvent  # noqa: Y015

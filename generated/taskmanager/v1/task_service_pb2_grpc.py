@@ -88,6 +88,11 @@ class TaskServiceStub:
                 request_serializer=taskmanager_dot_v1_dot_task__service__pb2.BatchGetTasksRequest.SerializeToString,
                 response_deserializer=taskmanager_dot_v1_dot_task__service__pb2.BatchGetTasksResponse.FromString,
                 _registered_method=True)
+        self.WatchTasks = channel.unary_stream(
+                '/taskmanager.v1.TaskService/WatchTasks',
+                request_serializer=taskmanager_dot_v1_dot_task__service__pb2.WatchTasksRequest.SerializeToString,
+                response_deserializer=taskmanager_dot_v1_dot_task__service__pb2.WatchTasksResponse.FromString,
+                _registered_method=True)
 
 
 class TaskServiceServicer:
@@ -181,6 +186,35 @@ class TaskServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchTasks(self, request, context):
+        """Watches changes to the tasks matching a filter: a resumable change feed.
+        Every committed create, update, delete and undelete of a matching task
+        arrives once, in commit order, from whichever server process committed
+        it. Each event carries a `cursor`; keep the last one received.
+
+        The resume loop for client authors:
+        1. First call: `initial_snapshot = true` (or list the tasks yourself and
+        start with an empty `start_cursor`, meaning "from now"). Snapshot
+        events come first, then a BOOKMARK whose cursor is where events
+        continue.
+        2. Apply each event (insert or replace `task`; remove it when
+        `no_longer_matches`) and remember its `cursor` (BOOKMARKs carry one
+        too). Events before the first BOOKMARK carry no cursor.
+        3. When the stream breaks (UNAVAILABLE, including server shutdown;
+        RESOURCE_EXHAUSTED for a watcher that fell too far behind;
+        DEADLINE_EXCEEDED; a dropped connection), call again with
+        `start_cursor` = the last cursor: the stream continues right after
+        it, with no gap and no duplicate. The error's ErrorInfo metadata
+        `cursor` holds the server's last cursor for this stream.
+        4. OUT_OF_RANGE (ErrorInfo reason CURSOR_EXPIRED): the cursor is older
+        than the retained history. Drop the local copy and go back to 1.
+        A stream quiet for a while (30 s by default, a server setting) gets a
+        BOOKMARK, so a resume stays cheap and no proxy idles the stream out.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TaskServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -233,6 +267,11 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     servicer.BatchGetTasks,
                     request_deserializer=taskmanager_dot_v1_dot_task__service__pb2.BatchGetTasksRequest.FromString,
                     response_serializer=taskmanager_dot_v1_dot_task__service__pb2.BatchGetTasksResponse.SerializeToString,
+            ),
+            'WatchTasks': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchTasks,
+                    request_deserializer=taskmanager_dot_v1_dot_task__service__pb2.WatchTasksRequest.FromString,
+                    response_serializer=taskmanager_dot_v1_dot_task__service__pb2.WatchTasksResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -508,6 +547,33 @@ class TaskService:
             '/taskmanager.v1.TaskService/BatchGetTasks',
             taskmanager_dot_v1_dot_task__service__pb2.BatchGetTasksRequest.SerializeToString,
             taskmanager_dot_v1_dot_task__service__pb2.BatchGetTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/taskmanager.v1.TaskService/WatchTasks',
+            taskmanager_dot_v1_dot_task__service__pb2.WatchTasksRequest.SerializeToString,
+            taskmanager_dot_v1_dot_task__service__pb2.WatchTasksResponse.FromString,
             options,
             channel_credentials,
             insecure,

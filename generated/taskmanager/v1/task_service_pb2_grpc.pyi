@@ -78,6 +78,31 @@ class TaskServiceStub:
     in its message and in ErrorInfo metadata `task_ids` (the first 10) and
     `missing_count`.
     """
+    WatchTasks: _grpc.UnaryStreamMultiCallable[_task_service_pb2.WatchTasksRequest, _task_service_pb2.WatchTasksResponse]
+    """Watches changes to the tasks matching a filter: a resumable change feed.
+    Every committed create, update, delete and undelete of a matching task
+    arrives once, in commit order, from whichever server process committed
+    it. Each event carries a `cursor`; keep the last one received.
+
+    The resume loop for client authors:
+      1. First call: `initial_snapshot = true` (or list the tasks yourself and
+         start with an empty `start_cursor`, meaning "from now"). Snapshot
+         events come first, then a BOOKMARK whose cursor is where events
+         continue.
+      2. Apply each event (insert or replace `task`; remove it when
+         `no_longer_matches`) and remember its `cursor` (BOOKMARKs carry one
+         too). Events before the first BOOKMARK carry no cursor.
+      3. When the stream breaks (UNAVAILABLE, including server shutdown;
+         RESOURCE_EXHAUSTED for a watcher that fell too far behind;
+         DEADLINE_EXCEEDED; a dropped connection), call again with
+         `start_cursor` = the last cursor: the stream continues right after
+         it, with no gap and no duplicate. The error's ErrorInfo metadata
+         `cursor` holds the server's last cursor for this stream.
+      4. OUT_OF_RANGE (ErrorInfo reason CURSOR_EXPIRED): the cursor is older
+         than the retained history. Drop the local copy and go back to 1.
+    A stream quiet for a while (30 s by default, a server setting) gets a
+    BOOKMARK, so a resume stays cheap and no proxy idles the stream out.
+    """
 
 @_typing.type_check_only
 class TaskServiceAsyncStub(TaskServiceStub):
@@ -127,6 +152,31 @@ class TaskServiceAsyncStub(TaskServiceStub):
     the call is NOT_FOUND (reason TASK_NOT_FOUND) and names the missing ids
     in its message and in ErrorInfo metadata `task_ids` (the first 10) and
     `missing_count`.
+    """
+    WatchTasks: _aio.UnaryStreamMultiCallable[_task_service_pb2.WatchTasksRequest, _task_service_pb2.WatchTasksResponse]  # type: ignore[assignment]
+    """Watches changes to the tasks matching a filter: a resumable change feed.
+    Every committed create, update, delete and undelete of a matching task
+    arrives once, in commit order, from whichever server process committed
+    it. Each event carries a `cursor`; keep the last one received.
+
+    The resume loop for client authors:
+      1. First call: `initial_snapshot = true` (or list the tasks yourself and
+         start with an empty `start_cursor`, meaning "from now"). Snapshot
+         events come first, then a BOOKMARK whose cursor is where events
+         continue.
+      2. Apply each event (insert or replace `task`; remove it when
+         `no_longer_matches`) and remember its `cursor` (BOOKMARKs carry one
+         too). Events before the first BOOKMARK carry no cursor.
+      3. When the stream breaks (UNAVAILABLE, including server shutdown;
+         RESOURCE_EXHAUSTED for a watcher that fell too far behind;
+         DEADLINE_EXCEEDED; a dropped connection), call again with
+         `start_cursor` = the last cursor: the stream continues right after
+         it, with no gap and no duplicate. The error's ErrorInfo metadata
+         `cursor` holds the server's last cursor for this stream.
+      4. OUT_OF_RANGE (ErrorInfo reason CURSOR_EXPIRED): the cursor is older
+         than the retained history. Drop the local copy and go back to 1.
+    A stream quiet for a while (30 s by default, a server setting) gets a
+    BOOKMARK, so a resume stays cheap and no proxy idles the stream out.
     """
 
 class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -234,6 +284,37 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         the call is NOT_FOUND (reason TASK_NOT_FOUND) and names the missing ids
         in its message and in ErrorInfo metadata `task_ids` (the first 10) and
         `missing_count`.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchTasks(
+        self,
+        request: _task_service_pb2.WatchTasksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_task_service_pb2.WatchTasksResponse], _abc.AsyncIterator[_task_service_pb2.WatchTasksResponse]]:
+        """Watches changes to the tasks matching a filter: a resumable change feed.
+        Every committed create, update, delete and undelete of a matching task
+        arrives once, in commit order, from whichever server process committed
+        it. Each event carries a `cursor`; keep the last one received.
+
+        The resume loop for client authors:
+          1. First call: `initial_snapshot = true` (or list the tasks yourself and
+             start with an empty `start_cursor`, meaning "from now"). Snapshot
+             events come first, then a BOOKMARK whose cursor is where events
+             continue.
+          2. Apply each event (insert or replace `task`; remove it when
+             `no_longer_matches`) and remember its `cursor` (BOOKMARKs carry one
+             too). Events before the first BOOKMARK carry no cursor.
+          3. When the stream breaks (UNAVAILABLE, including server shutdown;
+             RESOURCE_EXHAUSTED for a watcher that fell too far behind;
+             DEADLINE_EXCEEDED; a dropped connection), call again with
+             `start_cursor` = the last cursor: the stream continues right after
+             it, with no gap and no duplicate. The error's ErrorInfo metadata
+             `cursor` holds the server's last cursor for this stream.
+          4. OUT_OF_RANGE (ErrorInfo reason CURSOR_EXPIRED): the cursor is older
+             than the retained history. Drop the local copy and go back to 1.
+        A stream quiet for a while (30 s by default, a server setting) gets a
+        BOOKMARK, so a resume stays cheap and no proxy idles the stream out.
         """
 
 def add_TaskServiceServicer_to_server(servicer: TaskServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

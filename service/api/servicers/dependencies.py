@@ -12,7 +12,9 @@ from typing import Any, Protocol, TypeVar
 
 from service.api.call_context import ANONYMOUS, Caller, claimed_actor, current_caller
 from service.api.consistency import publish_position, requested_position
+from service.api.cursors import FeedCursors
 from service.api.pagination import PageTokens
+from service.storage.change_feed import ChangeFeed
 from service.storage.database import SessionFactory, UnitOfWork
 from service.storage.replicas import ReplicaSet
 
@@ -73,6 +75,9 @@ class Dependencies:
 
     session_factory: SessionFactory
     page_tokens: PageTokens
+    feed_cursors: FeedCursors
+    feed: ChangeFeed | None = None  # set once the server starts it
+    feed_bookmark_interval: float = 30.0
     replicas: ReplicaSet | None = None
     shutting_down: asyncio.Event = field(default_factory=asyncio.Event)
     admission: Admission = field(default_factory=Unlimited)

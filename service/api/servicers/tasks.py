@@ -35,6 +35,7 @@ from service.api.servicers.task_reads import (
     read_tasks,
     read_tasks_by_id,
 )
+from service.api.servicers.watch import TaskWatch
 from service.api.validation import Violations, check_enum, check_id, require_id
 from service.storage.audit_snapshots import task_snapshot
 from service.storage.database import UnitOfWork
@@ -71,6 +72,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
 
     def __init__(self, deps: Dependencies) -> None:
         self.deps = deps
+        self.watch = TaskWatch(deps)
 
     async def CreateTask(
         self, request: pb.CreateTaskRequest, context: Context
@@ -291,3 +293,10 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
     ) -> pb.ListTaskEventsResponse:
         events, token = await TASK_HISTORY.page(self.deps, request, context)
         return pb.ListTaskEventsResponse(events=events, next_page_token=token)
+
+    async def WatchTasks(  # type: ignore[override]  # serialized responses: api/serialized.py
+        self, request: pb.WatchTasksRequest, context: Context
+    ) -> AsyncIterator[bytes]:
+        """The change feed (service/api/servicers/watch.py)."""
+        async for response in self.watch.watch(request, context):
+            yield response

@@ -9,8 +9,9 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from service.storage.audit_snapshots import Snapshot, changes
+from service.storage.feed_events import task_state
 from service.storage.keyset import Ordering, Position
-from service.storage.models import AuditEvent, utc_now
+from service.storage.models import AuditEvent, Task, utc_now
 from service.storage.repositories.base import Page, Repository
 
 # An audit row's values; `event_values` gives all but entity_id.
@@ -20,14 +21,18 @@ INSERT_EVENTS = insert(AuditEvent.__table__)  # type: ignore[attr-defined]
 
 
 # The keys event_values gives, in its order.
-EVENT_KEYS = ("entity_type", "action", "actor", "event_time", "changes")
+EVENT_KEYS = ("entity_type", "action", "actor", "event_time", "changes", "state")
 
 
 def event_values(
     actor: str, entity_type: str, action: str, before: Snapshot | None, after: Snapshot | None
 ) -> AuditValues:
-    """The values of one audit event, all but the id of the entity it is about."""
-    values = (entity_type, action, actor, utc_now(), changes(before, after))
+    """The values of one audit event, all but the id of the entity it is about.
+
+    `state` (a task's columns after the change, for the change feed) is None here:
+    whoever writes a task event fills it in (write_pending, TaskRepository.create).
+    """
+    values = (entity_type, action, actor, utc_now(), changes(before, after), None)
     return dict(zip(EVENT_KEYS, values, strict=True))
 
 
@@ -56,11 +61,26 @@ class AuditRepository(Repository[AuditEvent]):
         self._pending.append({**event, "entity_id": entity_id})
 
     async def write_pending(self) -> None:
-        """Insert the queued events: one Core INSERT, however many (no ORM flush)."""
+        """Insert the queued events: one Core INSERT, however many."""
         if not self._pending:
             return
         events, self._pending = self._pending, []
+        if any(event["entity_type"] == "task" for event in events):
+            await self._add_task_states(events)
         await self.execute_core(INSERT_EVENTS, events)
+
+    async def _add_task_states(self, events: list[dict[str, Any]]) -> None:
+        """Each task event's task as it will be committed, for the change feed.
+
+        Flushed first, so version counters are bumped; the tasks are in the session
+        already (they were loaded to be changed), so `get` costs no query.
+        """
+        await self.session.flush()
+        for event in events:
+            if event["entity_type"] == "task":
+                task = await self.session.get(Task, event["entity_id"])
+                assert task is not None, "a task event for a task not in the session"
+                event["state"] = task_state(task)
 
     async def history(
         self,

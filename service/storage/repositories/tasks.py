@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
     Select,
     and_,
     bindparam,
@@ -23,6 +24,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from service.storage.errors import Aborted, FailedPrecondition
+from service.storage.feed_events import task_state
 from service.storage.filters import TaskFilter
 from service.storage.keyset import Ordering, Position
 from service.storage.models import (
@@ -148,6 +150,7 @@ class TaskRepository(Repository[Task]):
 
     async def _insert_if_references_exist(self, task: NewTask, event: AuditValues) -> int | None:
         values = {key: getattr(task, key) for key in _INSERT_KEYS}
+        event = {**event, "state": task_state(task)}
         if self.dialect == "postgresql":
             return await self.insert_returning_id(
                 _INSERT_AUDITED_IF_REFERENCES_EXIST, {**values, **event}
@@ -170,10 +173,18 @@ class TaskRepository(Repository[Task]):
         return await self.page(statement, ordering, after, limit)
 
     async def list_rows(
-        self, task_filter: TaskFilter, ordering: Ordering, after: Position | None, limit: int
+        self,
+        task_filter: TaskFilter,
+        ordering: Ordering,
+        after: Position | None,
+        limit: int,
+        extra_columns: Sequence[ColumnElement[Any]] = (),
     ) -> Page[Sequence[Any]]:
-        """One keyset page as plain rows of BASIC_COLUMNS (the fast path of the BASIC view)."""
-        statement = select(*BASIC_COLUMNS).where(*task_conditions(self, task_filter))
+        """One keyset page as plain rows of BASIC_COLUMNS (the fast path of the BASIC view),
+        each followed by `extra_columns` (read in the same statement, hence snapshot)."""
+        statement = select(*BASIC_COLUMNS, *extra_columns).where(
+            *task_conditions(self, task_filter)
+        )
         key_index = BASIC_KEYS.index(ordering.field.column.key)
         return await self.page_rows(statement, ordering, after, limit, key_index)
 
@@ -198,6 +209,11 @@ class TaskRepository(Repository[Task]):
         if row is None:
             raise self.not_found(task_id)
         return row
+
+    async def with_full_view(self, task_ids: Sequence[int]) -> dict[int, Task]:
+        """These tasks with what TASK_VIEW_FULL adds (assignee, subtasks), by id."""
+        statement = select(Task).where(col(Task.id).in_(task_ids)).options(*FULL_VIEW)
+        return {task.id: task for task in (await self.session.exec(statement)).all()}  # type: ignore[misc]
 
     async def check_references(self, task: AnyTask) -> None:
         """FAILED_PRECONDITION unless project, assignee and parent exist and fit."""
