@@ -16,6 +16,7 @@ import grpc
 import pytest
 from google.protobuf import descriptor
 
+from service.runtime.auth import READ_PREFIXES  # the one definition of "only reads"
 from taskmanager.v1 import (
     project_service_pb2,
     project_service_pb2_grpc,
@@ -33,7 +34,6 @@ SERVICES = {
     for module in (project_service_pb2, task_service_pb2, worker_service_pb2)
     for service in module.DESCRIPTOR.services_by_name.values()
 }
-READ_PREFIXES = ("Get", "List", "Stream")
 TIMEOUT = 30.0
 
 
