@@ -12,7 +12,6 @@ import pytest
 
 from service.runtime.server import TaskServer
 from tests.test_clients import (
-    GOOGLEAPIS_PROTOS,
     NODE_EXAMPLE,
     ROOT,
     client_env,
@@ -49,6 +48,6 @@ async def test_node_watch_example(live_server: TaskServer) -> None:
         pytest.skip("Node.js is not installed")
     _, result = await run_client(
         [node, str(NODE_EXAMPLE / "watch.js"), f"127.0.0.1:{live_server.port}"],
-        client_env(GOOGLEAPIS_PROTOS=str(GOOGLEAPIS_PROTOS)),
+        client_env(),
     )
     check_watch_result(result)

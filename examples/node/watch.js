@@ -12,14 +12,12 @@
 // `RESULT {...}`: a JSON summary for scripts. Protos are loaded as in client.js.
 'use strict';
 
-const fs = require('node:fs');
 const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
 
 const REPO = path.resolve(__dirname, '..', '..');
 const PROTOS = path.join(REPO, 'protos');
-const GOOGLEAPIS = process.env.GOOGLEAPIS_PROTOS || path.join(REPO, '.protodeps', 'googleapis');
 const ADDRESS = process.argv[2] || process.env.TASKSERVICE_ADDRESS || 'localhost:50051';
 const DEADLINE_MS = 10000;
 // Breaks to resume from: server draining or down, this client too slow, a deadline.
@@ -30,12 +28,9 @@ const RESUMABLE = new Set([
 ]);
 
 function loadServices() {
-  if (!fs.existsSync(path.join(GOOGLEAPIS, 'google', 'api', 'field_behavior.proto'))) {
-    throw new Error(`google/api/field_behavior.proto not found under ${GOOGLEAPIS}`);
-  }
   const definition = protoLoader.loadSync(
     ['taskmanager/v1/project_service.proto', 'taskmanager/v1/task_service.proto'],
-    { includeDirs: [PROTOS, GOOGLEAPIS], longs: String, enums: String, defaults: true },
+    { includeDirs: [PROTOS], longs: String, enums: String, defaults: true },
   );
   const v1 = grpc.loadPackageDefinition(definition).taskmanager.v1;
   const credentials = grpc.credentials.createInsecure();
