@@ -244,6 +244,8 @@ async def serve(settings: Settings) -> None:
     )
     if await running.drain(settings.shutdown_grace, drain_delay=drain_delay):
         await running.feed.stop()
+        if running.tracing is not None:
+            await running.tracing.shutdown()  # exports the last calls' spans before exit
         await running.engine.dispose()
         log.info("stopped")
         exit_drained()
