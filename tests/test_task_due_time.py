@@ -300,6 +300,7 @@ async def test_order_by_due_time_pages_cost_one_statement_each(
         assert counts == [1] * 8, counts
 
 
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)  # its EXPLAIN plans
 async def test_order_by_due_time_reads_at_most_a_page_from_each_index_on_postgres(
     tasks: Tasks,
     project: resources_pb2.Project,
@@ -308,8 +309,6 @@ async def test_order_by_due_time_reads_at_most_a_page_from_each_index_on_postgre
     database_url: str,
 ) -> None:
     """EXPLAIN ANALYZE of a deep page: two index range scans, each of at most a page."""
-    if not database_url.startswith("postgresql"):
-        pytest.skip("EXPLAIN plans are PostgreSQL's")
     base = utc_now()
     dues = [base + timedelta(seconds=i) if i % 2 else None for i in range(400)]
     await seed_due_tasks(server, project.id, dues)

@@ -115,6 +115,16 @@ class ChangeFeed:
         """How many watchers are subscribed."""
         return self._watchers
 
+    @property
+    def listener_pid(self) -> int | None:
+        """The PostgreSQL backend of the listening connection (None: not connected), to
+        find it in pg_stat_activity among other processes' listeners."""
+        listener = self._listener
+        if listener is None or listener.is_closed():
+            return None
+        pid: int = listener.get_server_pid()
+        return pid
+
     def start(self) -> None:
         """Start the reader (and, on PostgreSQL, the listener) in the background."""
         if self.config.listen_dsn is None:
