@@ -33,6 +33,8 @@ from taskmanager.v1 import (
 from tests.conftest import count_statements, server_settings, unique, wait_until
 from tests.infra.postgres_cluster import StreamingPair
 from tests.rpc_errors import expect_failure
+from tests.trace_callers import Caller
+from tests.traced_server import traced_server
 
 TOKEN = "x-consistency-token"
 DEADLINE = 10.0
@@ -424,3 +426,35 @@ async def test_a_write_reaching_a_standby_is_unavailable_not_internal(
         await running.stop(grace=0)
     assert failure.info.reason == "DATABASE_UNAVAILABLE"
     assert listed is not None  # reads work there
+
+
+# --- tracing ---------------------------------------------------------------------------------
+
+
+async def test_a_traced_read_served_by_the_standby_names_the_standby_in_its_statement_span(
+    streaming_pair: StreamingPair, replicated: str
+) -> None:
+    async with traced_server(
+        streaming_pair.primary.url(replicated),
+        read_database_urls=[streaming_pair.standby.url(replicated)],
+    ) as traced:
+        assert traced.server.replicas is not None
+        [replica] = traced.server.replicas.replicas
+        call = traced.projects.CreateProject(
+            project_service_pb2.CreateProjectRequest(name=unique("traced-replica")),
+            timeout=DEADLINE,
+        )
+        created = await call
+        token = str(dict(await call.trailing_metadata() or ())[TOKEN])
+        await wait_until(lambda: replica.eligible(1.0))
+        caller = Caller.new()
+        with count_statements(replica.engine) as on_replica:
+            await traced.projects.GetProject(
+                project_service_pb2.GetProjectRequest(id=created.id),
+                metadata=caller.metadata(**{TOKEN: token}),
+                timeout=DEADLINE,
+            )
+        assert on_replica.count == 1
+        _, [statement] = await traced.call_spans(caller)
+    assert statement.attributes["server.port"] == streaming_pair.standby.port
+    assert statement.attributes["db.query.text"] == on_replica.statements[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import pytest
@@ -41,8 +42,9 @@ class Traced:
 
 
 @asynccontextmanager
-async def traced_server(database_url: str) -> AsyncIterator[Traced]:
-    """A server tracing every call, exporting to a receiver of its own every 20 ms."""
+async def traced_server(database_url: str, **settings: Any) -> AsyncIterator[Traced]:
+    """A server tracing every call, exporting to a receiver of its own every 20 ms;
+    `settings` go to its Settings."""
     async with trace_receiver() as (receiver, endpoint):
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("OTEL_BSP_SCHEDULE_DELAY", "20")  # read when the server starts
@@ -52,6 +54,7 @@ async def traced_server(database_url: str) -> AsyncIterator[Traced]:
                     address="127.0.0.1:0",
                     tracing="on",
                     tracing_endpoint=endpoint,
+                    **settings,
                 )
             )
         try:
