@@ -153,7 +153,8 @@ async def start_server(settings: Settings) -> TaskServer:
     )
     tracing = start_tracing(settings)  # None (and no per-call cost) unless configured
     if tracing is not None:
-        for traced_engine in (engine, *(r.engine for r in replicas.replicas if replicas)):
+        standbys = replicas.replicas if replicas is not None else []
+        for traced_engine in (engine, *(standby.engine for standby in standbys)):
             tracing.trace_statements(traced_engine)
     server = grpc.aio.server(options=server_options(settings))
     # Every handler is wrapped once, outermost first: logs and metrics see the final
