@@ -65,13 +65,18 @@ def handled(metrics_port: int, method: str) -> Counter[str]:
     return counts
 
 
-async def measure(
-    address: str, metrics_port: int, call: Call, *, seconds: float, in_flight: int
+def generator() -> str:
+    """The load generator this machine has: h2load, or the slower Python client."""
+    return "h2load" if shutil.which("h2load") else "grpc.aio"
+
+
+async def measure_calls(
+    address: str, metrics_port: int, call: Call, seconds: float, in_flight: int
 ) -> Throughput:
     """Run `call` for `seconds` with `in_flight` calls outstanding; the server's count."""
     before = await asyncio.to_thread(handled, metrics_port, call.method)
     started = time.monotonic()
-    if shutil.which("h2load"):
+    if generator() == "h2load":
         await asyncio.to_thread(_h2load, address, call, seconds, in_flight)
     else:
         await _python_load(address, call, seconds, in_flight)
