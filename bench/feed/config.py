@@ -9,16 +9,20 @@ from typing import Any
 from bench.core.config import DatabaseConfig, SetupError, data_sizes
 
 DATABASE = "taskservice_feed"
-SIZES = {
-    # Ten projects: the writes update the tasks of the first, idle watchers watch the second.
-    **data_sizes(tasks=20_000, projects=10),
-    "rate": (500.0, 50.0),
-    "duration": (20.0, 2.0),
-    "warmup": (3.0, 0.5),
+# The writes on server A: per second, and seconds measured after a warm-up.
+WRITES = {"rate": (500.0, 50.0), "duration": (20.0, 2.0), "warmup": (3.0, 0.5)}
+# The watchers on server B, the client processes they are spread over, those decoding events.
+WATCHERS = {
     "watchers": (100, 4),
     "clients": (4, 2),
     "sampled": (3, 1),
     "idle_watchers": (1_000, 20),
+}
+# Ten projects: the writes update the tasks of the first, idle watchers watch the second.
+SIZES = {
+    **data_sizes(tasks=20_000, projects=10),
+    **WRITES,
+    **WATCHERS,
     "writer_concurrency": (64, 8),
 }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,4 +34,6 @@ def add_options(parser: argparse.ArgumentParser) -> None:
 
 def configure(args: argparse.Namespace, common: dict[str, Any]) -> ScaleoutConfig:
     """The configuration of this run."""
+    if not shutil.which("h2load"):
+        raise SetupError("h2load missing: run `make system-deps` (as root or sudo)")
     return ScaleoutConfig(**common, in_flight=args.in_flight)

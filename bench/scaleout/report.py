@@ -10,7 +10,7 @@ from bench.core.database import SeedReport
 from bench.core.machine import Machine
 from bench.core.report import Report, Row, data_lines
 from bench.scaleout.config import ScaleoutConfig
-from bench.scaleout.load import Throughput, generator
+from bench.scaleout.load import Throughput
 
 
 @dataclass
@@ -76,7 +76,7 @@ def report(
         smoke=cfg.smoke,
         setup=[
             *data_lines(cfg, machine, seeding),
-            f"Load: {cfg.in_flight} calls in flight ({generator()}), counted by the server; "
+            f"Load: {cfg.in_flight} calls in flight (h2load), counted by the server; "
             f"{cfg.rounds} alternating round(s) of {cfg.seconds:g} s a side, the median counts",
             "The client, the server, PgBouncer and both PostgreSQL servers share this "
             "machine's cores: the replica rows measure routing overhead, not added capacity",
