@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 LINT_DIRS := service tests migrations $(wildcard bench)
-BENCH ?= pagination perf
+BENCH ?= pagination perf scaleout feed
 # Our contract only: the googleapis files vendored under protos/google/ are imported, not
 # generated (Python's google.api modules come from googleapis-common-protos).
 PROTO_FILES := $(shell find protos/taskmanager -name '*.proto' | sort)

@@ -1,4 +1,4 @@
-"""Command line: `python -m bench [pagination|perf|scaleout] [options]` (no command: pagination)."""
+"""Command line: `python -m bench [pagination|perf|scaleout|feed] [options]` (none: pagination)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ from collections.abc import Sequence
 
 from bench.core.run import run_bench
 
-COMMANDS = ("pagination", "perf", "scaleout")
-USAGE = """usage: python -m bench [pagination|perf|scaleout] [options]
+COMMANDS = ("pagination", "perf", "scaleout", "feed")
+USAGE = """usage: python -m bench [pagination|perf|scaleout|feed] [options]
 
     python -m bench pagination ...   keyset pages, streams and searches (bench/pagination/)
     python -m bench perf ...         unary RPC throughput under load (bench/perf/)
-    python -m bench scaleout ...     PgBouncer and read-replica costs (bench/perf/scaleout.py)
+    python -m bench scaleout ...     PgBouncer and read-replica costs (bench/scaleout/)
+    python -m bench feed ...         WatchTasks delivery latency and costs (bench/feed/)
     python -m bench ...              the same as `pagination`
 
 `python -m bench <command> --help` lists each command's options.
@@ -32,13 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[:1] in (["-h"], ["--help"]):
         sys.stdout.write(USAGE)
         return 0
-    command, rest = split_command(args)
-    if command == "scaleout":
-        # Its own command line: it starts PgBouncer and a primary/standby pair of its own.
-        from bench.perf.scaleout import main as scaleout
-
-        return scaleout(rest)
-    return run_bench(command, rest)
+    return run_bench(*split_command(args))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import sys
 import uuid
@@ -16,7 +17,7 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
-from bench.__main__ import split_command
+from bench.__main__ import COMMANDS, split_command
 from bench.core.report import read_regions, write_regions
 from bench.perf import loadgen, usage
 from bench.perf.calls import HttpRequest, grpc_frame, spread
@@ -45,6 +46,7 @@ PERF_HEADINGS = (
     "== What the load generators counted",
     "== Where GetTask's time goes",
 )
+FEED_HEADINGS = ("== Delivery to another process", "commit-to-delivery p99", "== Idle watchers")
 H2LOAD_OUTPUT = """
 finished in 1.00s, 3648.00 req/s, 371.88KB/s
 requests: 3648 total, 3652 started, 3648 done, 3640 succeeded, 5 failed, 2 errored, 1 timeout
@@ -133,9 +135,21 @@ async def test_perf_bench_smoke_measures_everything_with_h2load_wrk_and_one_chan
     assert "busy samples" in stdout, "GetTask was not profiled"
 
 
+@pytest.mark.timeout(TIMEOUT + 30)
+async def test_feed_bench_smoke_delivers_events_across_processes_on_one_listen_connection() -> None:
+    stdout = await _smoke("feed")
+    for heading in FEED_HEADINGS:
+        assert heading in stdout
+    samples = re.search(r"  latency samples +([\d,]+)", stdout)
+    assert samples is not None, stdout
+    assert int(samples.group(1).replace(",", "")) > 0
+    assert re.search(r"  LISTEN connections of server B +1 +1 +met", stdout), stdout
+
+
 def test_bench_without_a_command_runs_the_pagination_bench() -> None:
     assert split_command(["--smoke"]) == ("pagination", ["--smoke"])
     assert split_command(["perf", "--keep"]) == ("perf", ["--keep"])
+    assert split_command(["feed", "--smoke"]) == ("feed", ["--smoke"])
 
 
 def test_h2load_report_is_parsed_and_empty_replies_count_as_grpc_failures() -> None:
@@ -182,7 +196,7 @@ def test_readme_regions_are_replaced_one_at_a_time_and_the_prose_kept(tmp_path: 
 
 def test_the_readme_has_a_results_region_per_bench() -> None:
     regions = read_regions((ROOT / "bench" / "README.md").read_text())
-    assert set(regions) == {"pagination:results", "perf:results"}
+    assert set(regions) == {f"{name}:results" for name in COMMANDS}
 
 
 def test_postgres_cpu_counts_backends_that_start_and_not_the_past_of_those_that_exit() -> None:

@@ -59,8 +59,8 @@ class Report:
     smoke: bool
     setup: list[str]
     sections: list[Section]
-    appendix_title: str
-    appendix: list[str]
+    appendix_title: str = ""  # none when empty
+    appendix: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # said after the verdict
 
     def rows(self) -> list[Row]:
@@ -94,8 +94,9 @@ class Report:
             for r in rows:
                 line = f"  {r.label:<{width}}  {r.value:<40} {r.target:<20} {verdict(r.met)}"
                 lines.append(line.rstrip())
-        lines += ["", f"== {self.appendix_title} ==", *self.appendix, "", self.verdict()]
-        return "\n".join(lines)
+        if self.appendix_title:
+            lines += ["", f"== {self.appendix_title} ==", *self.appendix]
+        return "\n".join([*lines, "", self.verdict()])
 
     def markdown(self) -> str:
         """The "Latest results" part of the bench's README section."""
@@ -104,8 +105,10 @@ class Report:
             parts += [f"**{title}**", "", *MARKDOWN_HEADER]
             parts += [f"| {r.label} | {r.value} | {r.target} | {verdict(r.met)} |" for r in rows]
             parts.append("")
-        parts += [self.verdict(), "", f"#### {self.appendix_title}", ""]
-        return "\n".join([*parts, "```text", *self.appendix, "```"])
+        parts.append(self.verdict())
+        if self.appendix_title:
+            parts += ["", f"#### {self.appendix_title}", "", "```text", *self.appendix, "```"]
+        return "\n".join(parts)
 
 
 def _wrap(name: str, body: str) -> str:

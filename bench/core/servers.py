@@ -180,10 +180,15 @@ async def stop(server: ServerProcess) -> None:
 
 
 def service_server(
-    cfg: DatabaseConfig, *extra_args: str, name: str = "TaskService", checkout: Path = ROOT
+    cfg: DatabaseConfig,
+    *extra_args: str,
+    name: str = "TaskService",
+    checkout: Path = ROOT,
+    database_url: str | None = None,
 ) -> AbstractAsyncContextManager[ServerProcess]:
-    """The real TaskService (`python -m service serve`, as in `checkout`) on the bench database."""
-    args = ("service", "serve", "--database-url", cfg.url, *extra_args)
+    """The real TaskService (`python -m service serve`, as in `checkout`) on the bench database
+    (or on `database_url`, the same database reached another way)."""
+    args = ("service", "serve", "--database-url", database_url or cfg.url, *extra_args)
     return running(name, (*args, "--log-level", "WARNING", "--shutdown-grace", "1"), cwd=checkout)
 
 

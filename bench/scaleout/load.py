@@ -1,17 +1,13 @@
 """Load for the scale-out bench: unary calls at a fixed number in flight, counted by the server.
 
-h2load (when installed) posts one request body over and over; it cannot see gRPC
-statuses, so every figure is read from the server's own Prometheus counters
-(`grpc_server_handled_total` by method and code) before and after the run. Without
-h2load a Python grpc.aio client keeps the same number of calls in flight (slower: only
-good for smoke runs).
+h2load posts one request body over and over; it cannot see gRPC statuses, so every
+figure is read from the server's own Prometheus counters (`grpc_server_handled_total` by
+method and code) before and after the run.
 """
 
 from __future__ import annotations
 
 import asyncio
-import shutil
-import struct
 import subprocess
 import tempfile
 import time
@@ -20,11 +16,12 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 from google.protobuf.message import Message
 from prometheus_client.parser import text_string_to_metric_families
 
-GRPC_HEADERS = ("content-type: application/grpc", "te: trailers")
+from bench.perf.calls import grpc_frame
+from bench.perf.loadgen import GRPC_HEADERS
+
 SERVICE = "taskmanager.v1.TaskService"
 
 
@@ -65,16 +62,13 @@ def handled(metrics_port: int, method: str) -> Counter[str]:
     return counts
 
 
-async def measure(
-    address: str, metrics_port: int, call: Call, *, seconds: float, in_flight: int
+async def measure_calls(
+    address: str, metrics_port: int, call: Call, seconds: float, in_flight: int
 ) -> Throughput:
     """Run `call` for `seconds` with `in_flight` calls outstanding; the server's count."""
     before = await asyncio.to_thread(handled, metrics_port, call.method)
     started = time.monotonic()
-    if shutil.which("h2load"):
-        await asyncio.to_thread(_h2load, address, call, seconds, in_flight)
-    else:
-        await _python_load(address, call, seconds, in_flight)
+    await asyncio.to_thread(_h2load, address, call, seconds, in_flight)
     elapsed = time.monotonic() - started
     after = await asyncio.to_thread(handled, metrics_port, call.method)
     done = after - before
@@ -92,7 +86,7 @@ def _h2load(address: str, call: Call, seconds: float, in_flight: int) -> None:
     connections = 4
     with tempfile.TemporaryDirectory(prefix="taskservice-scaleout-") as directory:
         body = Path(directory) / "body.bin"
-        body.write_bytes(b"\x00" + struct.pack(">I", len(payload)) + payload)
+        body.write_bytes(grpc_frame(payload))
         headers = [*GRPC_HEADERS, *(f"{key}: {value}" for key, value in call.metadata)]
         subprocess.run(  # noqa: S603 - fixed tool, loopback target
             [
@@ -107,22 +101,3 @@ def _h2load(address: str, call: Call, seconds: float, in_flight: int) -> None:
             capture_output=True,
             timeout=seconds + 60,
         )
-
-
-async def _python_load(address: str, call: Call, seconds: float, in_flight: int) -> None:
-    ends = time.monotonic() + seconds
-    async with grpc.aio.insecure_channel(address) as channel:
-        method = channel.unary_unary(
-            call.path,
-            request_serializer=lambda message: message.SerializeToString(),
-            response_deserializer=lambda data: data,
-        )
-
-        async def worker() -> None:
-            while time.monotonic() < ends:
-                try:
-                    await method(call.request, metadata=call.metadata, timeout=30)
-                except grpc.aio.AioRpcError:
-                    pass  # counted by the server
-
-        await asyncio.gather(*(worker() for _ in range(in_flight)))
