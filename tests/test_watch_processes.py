@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from taskmanager.v1 import (
     worker_service_pb2_grpc,
 )
 from tests.conftest import unique
-from tests.infra.service_process import ROOT, child_environment, service_process
+from tests.infra.service_process import run_service, service_process
 from tests.watching import (
     BOOKMARK,
     SNAPSHOT,
@@ -327,18 +326,8 @@ async def test_a_cursor_older_than_the_retention_is_out_of_range_on_every_proces
 
 
 async def _taskservice(*args: str) -> None:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "service",
-        *args,
-        cwd=ROOT,
-        env=child_environment(),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, stderr = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode == 0, stderr.decode()
+    code, _, stderr = await run_service(*args)
+    assert code == 0, stderr
 
 
 async def test_a_slow_watcher_on_another_process_is_cut_off_and_resumes(

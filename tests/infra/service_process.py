@@ -2,7 +2,7 @@
 
 The one launcher tests (and bench/) use: flags and TASKSERVICE_ settings, an ephemeral
 port or a fixed one kept across kill/start (a balancer's upstream), several workers,
-readiness by health check, the log in memory (and in a file if asked), the exit code.
+readiness by health check, the log (a file) and the exit code.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ import os
 import re
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +40,27 @@ def child_environment(**settings: str) -> dict[str, str]:
     return env
 
 
+async def run_service(*args: str, **settings: str) -> tuple[int, str, str]:
+    """`python -m service *args` to its end (a command, or a start that must fail):
+    exit code, stdout, stderr."""
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "service", *args),
+        cwd=ROOT,
+        env=child_environment(**settings),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        stdout, stderr = await asyncio.wait_for(process.communicate(), START_TIMEOUT)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
 async def health_status(address: str, timeout: float = 2.0) -> int | grpc.StatusCode:
     """The overall health a fresh connection to `address` sees, or its call's error code."""
     async with grpc.aio.insecure_channel(address) as channel:
@@ -58,8 +80,9 @@ class ServiceProcess:
     """One `python -m service serve` on 127.0.0.1, started (and restarted) by start().
 
     port 0: the OS picks one at each start (read from the log). A fixed port stays the
-    same across kill() / start(). Everything the process writes to stderr is kept in
-    `lines` (all starts) and, with `log_path`, appended to that file as it comes.
+    same across kill() / start(). The process writes its stderr straight into a file
+    (`log_path`, or a temporary one kept until close()), never into a pipe: a test that
+    blocks its event loop for a while cannot stall the server on a full pipe.
     """
 
     flags: Sequence[str] = ()
@@ -68,9 +91,9 @@ class ServiceProcess:
     workers: int = 1
     log_path: Path | None = None
     process: asyncio.subprocess.Process | None = field(default=None, repr=False)
-    lines: list[str] = field(default_factory=list, repr=False)
     starts: int = 0
-    _reader: asyncio.Task[None] | None = field(default=None, repr=False)
+    _temporary_log: bool = field(default=False, repr=False)
+    _closed_log: str = field(default="", repr=False)
 
     @property
     def address(self) -> str:
@@ -95,7 +118,9 @@ class ServiceProcess:
     @property
     def log(self) -> str:
         """Everything the process wrote to stderr so far (every start)."""
-        return "".join(self.lines)
+        if self.log_path is None or not self.log_path.exists():
+            return self._closed_log
+        return self.log_path.read_text(errors="replace")
 
     def rss_bytes(self) -> int:
         """Resident memory of the process (VmRSS), in bytes."""
@@ -110,84 +135,81 @@ class ServiceProcess:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     async def start(self, *, wait: bool = True) -> None:
-        """Spawn the process; with `wait`, return once every worker serves and the health
-        check says SERVING (its signal handlers are installed by then)."""
+        """Spawn the process; with `wait`, return once every worker logged that it serves
+        and the health check says SERVING (its signal handlers are installed by then)."""
         assert not self.running, f"{self.address} is already running"
-        await self._stop_reading()
+        if self.log_path is None:
+            handle, name = tempfile.mkstemp(prefix="taskservice-", suffix=".log")
+            os.close(handle)
+            self.log_path, self._temporary_log = Path(name), True
+            self.log_path.write_text(self._closed_log)
         self.starts += 1
-        self._record(f"--- start {self.starts} ---\n")
-        serving = asyncio.Event()
-        address = f"127.0.0.1:{self.port}"
-        self.process = await asyncio.create_subprocess_exec(
-            *(sys.executable, "-m", "service", "serve", "--address", address),
-            *("--workers", str(self.workers), *self.flags),
-            cwd=ROOT,
-            env=child_environment(**self.settings),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        assert self.process.stderr is not None
-        self._reader = asyncio.create_task(self._read_log(self.process.stderr, serving))
+        with self.log_path.open("a") as sink:
+            sink.write(f"--- start {self.starts} ---\n")
+            offset = sink.tell()
+        with self.log_path.open("ab") as sink:
+            self.process = await asyncio.create_subprocess_exec(
+                *(sys.executable, "-m", "service", "serve"),
+                *("--address", f"127.0.0.1:{self.port}", "--workers", str(self.workers)),
+                *self.flags,
+                cwd=ROOT,
+                env=child_environment(**self.settings),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=sink,
+            )
         if wait:
-            await self._wait_serving(serving)
+            await self._wait_serving(offset)
 
-    async def _read_log(self, stream: asyncio.StreamReader, serving: asyncio.Event) -> None:
-        """Keep the log (a full pipe would stall the process) and count serving workers."""
-        seen = 0
-        while line := (await stream.readline()).decode(errors="replace"):
-            self._record(line)
-            match = _SERVING.search(line)
-            if match:
-                self.port = int(match.group(1))
-                seen += 1
-                if seen == self.workers:
-                    serving.set()
-
-    def _record(self, line: str) -> None:
-        self.lines.append(line)
-        if self.log_path is not None:
-            with self.log_path.open("a") as sink:
-                sink.write(line)
-
-    async def _wait_serving(self, serving: asyncio.Event) -> None:
+    async def _wait_serving(self, offset: int) -> None:
+        """Wait for every worker's "serving on" line after `offset` of the log (the port,
+        if the OS picked it), then for the health check to say SERVING."""
+        assert self.log_path is not None
         deadline = time.monotonic() + START_TIMEOUT
-        while not serving.is_set():
+        while True:
+            with self.log_path.open("rb") as log:
+                log.seek(offset)
+                ports = _SERVING.findall(log.read().decode(errors="replace"))
+            if len(ports) >= self.workers:
+                self.port = int(ports[-1])
+                if await health_status(self.address) == health_pb2.HealthCheckResponse.SERVING:
+                    return
             if not self.running:
                 raise AssertionError(f"the server exited before serving:\n{self.log}")
             if time.monotonic() > deadline:
                 raise AssertionError(f"the server did not start serving:\n{self.log}")
-            with suppress(TimeoutError):
-                await asyncio.wait_for(serving.wait(), POLL)
-        while await health_status(self.address) != health_pb2.HealthCheckResponse.SERVING:
-            if not self.running:
-                raise AssertionError(f"{self.address} exited before serving:\n{self.log}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{self.address} not SERVING:\n{self.log}")
             await asyncio.sleep(POLL)
 
-    async def _stop_reading(self) -> None:
-        """Wait for the log reader of an exited process to reach the end of its output."""
-        if self._reader is not None:
-            with suppress(asyncio.CancelledError):
-                await asyncio.wait_for(self._reader, STOP_TIMEOUT)
-            self._reader = None
-
     async def terminate(self, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT) -> int:
-        """Send `sig` (SIGTERM: drain and stop) and return the exit code, its log complete."""
+        """Send `sig` (SIGTERM: drain and stop) and return the exit code."""
         assert self.process is not None, "never started"
         assert self.running, f"{self.address} is not running"
         self.process.send_signal(sig)
         try:
-            code = await asyncio.wait_for(self.process.wait(), timeout)
+            return await asyncio.wait_for(self.process.wait(), timeout)
         except TimeoutError:
             self.process.kill()
             await self.process.wait()
             raise AssertionError(
                 f"{self.address} ignored {sig} for {timeout}s:\n{self.log}"
             ) from None
-        await self._stop_reading()
-        return code
+
+    def send_signal(self, sig: int = signal.SIGTERM) -> None:
+        """Send `sig` and return at once (terminate() also waits for the exit)."""
+        assert self.process is not None, "never started"
+        assert self.running, f"{self.address} is not running"
+        self.process.send_signal(sig)
+
+    async def exited(self, timeout: float = STOP_TIMEOUT) -> int:
+        """Wait for the process to end by itself (a start that must fail, or after a
+        signal sent through `process`) and return its exit code."""
+        assert self.process is not None, "never started"
+        try:
+            return await asyncio.wait_for(self.process.wait(), timeout)
+        except TimeoutError:
+            raise AssertionError(
+                f"{self.address} still runs after {timeout}s:\n{self.log}"
+            ) from None
 
     async def kill(self) -> None:
         """SIGKILL: the process dies at once, mid-call, as in a crash or an OOM kill."""
@@ -195,7 +217,6 @@ class ServiceProcess:
         assert self.running, f"{self.address} is not running"
         self.process.kill()
         await self.process.wait()
-        await self._stop_reading()
 
     async def restart(self, *, wait: bool = True) -> None:
         """Kill the process if it still runs, then start it again (same port if fixed)."""
@@ -204,7 +225,8 @@ class ServiceProcess:
         await self.start(wait=wait)
 
     async def close(self) -> None:
-        """Stop the process however it is (SIGTERM, then SIGKILL): for teardown."""
+        """Stop the process however it is (SIGTERM, then SIGKILL): for teardown. A
+        temporary log is removed; `log` still returns its text."""
         if self.process is not None and self.running:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -212,7 +234,10 @@ class ServiceProcess:
             except TimeoutError:
                 self.process.kill()
                 await self.process.wait()
-        await self._stop_reading()
+        if self._temporary_log and self.log_path is not None:
+            self._closed_log = self.log
+            self.log_path.unlink(missing_ok=True)
+            self.log_path = None
 
 
 @asynccontextmanager
