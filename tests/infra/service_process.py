@@ -144,10 +144,10 @@ class ServiceProcess:
             self.log_path, self._temporary_log = Path(name), True
             self.log_path.write_text(self._closed_log)
         self.starts += 1
-        with self.log_path.open("a") as sink:
-            sink.write(f"--- start {self.starts} ---\n")
-            offset = sink.tell()
         with self.log_path.open("ab") as sink:
+            sink.write(f"--- start {self.starts} ---\n".encode())
+            sink.flush()
+            offset = sink.tell()
             self.process = await asyncio.create_subprocess_exec(
                 *(sys.executable, "-m", "service", "serve"),
                 *("--address", f"127.0.0.1:{self.port}", "--workers", str(self.workers)),
@@ -201,8 +201,8 @@ class ServiceProcess:
         self.process.send_signal(sig)
 
     async def exited(self, timeout: float = STOP_TIMEOUT) -> int:
-        """Wait for the process to end by itself (a start that must fail, or after a
-        signal sent through `process`) and return its exit code."""
+        """Wait for the process to end by itself (a start that must fail, or after
+        send_signal()) and return its exit code."""
         assert self.process is not None, "never started"
         try:
             return await asyncio.wait_for(self.process.wait(), timeout)
