@@ -33,8 +33,9 @@ _SERVING = re.compile(r"serving on .* \(port (\d+)\)")
 
 
 def child_environment(**settings: str) -> dict[str, str]:
-    """This environment without TASKSERVICE_* variables, plus `settings` (NAME=value)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKSERVICE_")}
+    """This environment without TASKSERVICE_* and OTEL_* variables (the server reads
+    both), plus `settings` (NAME=value, as TASKSERVICE_NAME)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TASKSERVICE_", "OTEL_"))}
     env.update({f"TASKSERVICE_{name.upper()}": value for name, value in settings.items()})
     env["PYTHONUNBUFFERED"] = "1"
     return env
@@ -90,6 +91,7 @@ class ServiceProcess:
     port: int = 0
     workers: int = 1
     log_path: Path | None = None
+    env: Mapping[str, str] = field(default_factory=dict)  # more variables, e.g. OTEL_*
     process: asyncio.subprocess.Process | None = field(default=None, repr=False)
     starts: int = 0
     _temporary_log: bool = field(default=False, repr=False)
@@ -153,7 +155,7 @@ class ServiceProcess:
                 *("--address", f"127.0.0.1:{self.port}", "--workers", str(self.workers)),
                 *self.flags,
                 cwd=ROOT,
-                env=child_environment(**self.settings),
+                env={**child_environment(**self.settings), **self.env},
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=sink,
@@ -246,11 +248,13 @@ async def service_process(
     port: int = 0,
     workers: int = 1,
     log_path: Path | None = None,
+    env: Mapping[str, str] | None = None,
     **settings: str,
 ) -> AsyncIterator[ServiceProcess]:
-    """Serve with `flags` and TASKSERVICE_ `settings` (port 0: an ephemeral one) until the
-    block ends; then SIGTERM, and a process still running must exit 0."""
-    server = ServiceProcess(flags, settings, port, workers, log_path)
+    """Serve with `flags`, TASKSERVICE_ `settings` and more `env` variables (port 0: an
+    ephemeral one) until the block ends; then SIGTERM, and a process still running must
+    exit 0."""
+    server = ServiceProcess(flags, settings, port, workers, log_path, dict(env or {}))
     try:
         await server.start()
         yield server
