@@ -36,9 +36,10 @@ from taskmanager.v1 import (
     task_service_pb2_grpc,
 )
 from tests.conftest import unique
+from tests.infra.processes import free_port
+from tests.infra.service_process import service_process
 from tests.rpc_errors import read_failure
 from tests.seeding import seed_tasks_at
-from tests.server_process import free_port, server_process
 
 TIMEOUT = 60.0
 ONE_CHANNEL_CALLS = 1000
@@ -123,7 +124,7 @@ async def _code_of(call: Awaitable[Any]) -> grpc.StatusCode | grpc.aio.AioRpcErr
 
 async def test_a_thousand_concurrent_calls_on_one_channel_all_succeed(database_url: str) -> None:
     async with (
-        server_process(database_url, "--drain-delay", "0") as server,
+        service_process("--database-url", database_url, "--drain-delay", "0") as server,
         grpc.aio.insecure_channel(server.address) as channel,
     ):
         task = await _project_with_task(channel)
@@ -143,8 +144,14 @@ async def test_flood_beyond_bound_and_queue_gets_resource_exhausted_with_retry_i
     metrics_port = free_port()
     flags = ("--max-concurrent-rpcs", str(LIMIT), "--max-queued-rpcs", str(QUEUE))
     async with (
-        server_process(
-            database_url, *flags, "--metrics-port", str(metrics_port), "--drain-delay", "0"
+        service_process(
+            "--database-url",
+            database_url,
+            *flags,
+            "--metrics-port",
+            str(metrics_port),
+            "--drain-delay",
+            "0",
         ) as server,
         grpc.aio.insecure_channel(server.address) as channel,
     ):
@@ -207,7 +214,7 @@ async def test_streams_the_client_stopped_reading_hold_no_slot(database_url: str
     metrics_port = free_port()
     flags = ("--max-concurrent-rpcs", str(LIMIT), "--metrics-port", str(metrics_port))
     async with (
-        server_process(database_url, *flags, "--drain-delay", "0") as server,
+        service_process("--database-url", database_url, *flags, "--drain-delay", "0") as server,
         grpc.aio.insecure_channel(server.address) as channel,
     ):
         task = await _project_with_task(channel)

@@ -20,8 +20,8 @@ from taskmanager.v1 import (
     task_service_pb2_grpc,
 )
 from tests.conftest import unique
+from tests.infra.service_process import ServiceProcess, service_process
 from tests.seeding import seed_tasks_at
-from tests.server_process import ServerProcess, server_process
 
 TIMEOUT = 30.0
 SEEDED = 3000
@@ -34,7 +34,7 @@ SHORT_CALLS = 40  # of each kind per backend
 ENDED = {grpc.StatusCode.OK, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED}
 
 
-async def _seed(server: ServerProcess, database_url: str) -> int:
+async def _seed(server: ServiceProcess, database_url: str) -> int:
     """A project with SEEDED tasks (big enough for the stream to outgrow its window)."""
     async with grpc.aio.insecure_channel(server.address) as channel:
         project = await project_service_pb2_grpc.ProjectServiceStub(channel).CreateProject(
@@ -115,8 +115,8 @@ async def _short_calls(address: str, project_id: int) -> set[grpc.StatusCode]:
     return codes
 
 
-async def _answers(server: ServerProcess) -> None:
-    assert server.alive, "the server died:\n" + server.log
+async def _answers(server: ServiceProcess) -> None:
+    assert server.running, "the server died:\n" + server.log
     async with grpc.aio.insecure_channel(server.address) as channel:
         response = await health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(), timeout=TIMEOUT
@@ -131,7 +131,7 @@ async def _answers(server: ServerProcess) -> None:
 async def test_cancels_and_passed_deadlines_leave_the_server_process_up(
     database_url: str,
 ) -> None:
-    async with server_process(database_url, "--drain-delay", "0") as server:
+    async with service_process("--database-url", database_url, "--drain-delay", "0") as server:
         project_id = await _seed(server, database_url)
 
         for _ in range(2):

@@ -22,10 +22,9 @@ import pytest
 from service.runtime.server import TaskServer, start_server
 from service.settings import Settings
 from taskmanager.v1 import task_service_pb2, task_service_pb2_grpc
-from tests.infra.ports import free_ports
-from tests.infra.server_process import ServerProcess
+from tests.infra.processes import free_port
+from tests.infra.service_process import ROOT, ServiceProcess
 
-ROOT = Path(__file__).resolve().parent.parent
 NODE_EXAMPLE = ROOT / "examples" / "node"
 PYTHON_EXAMPLE = ROOT / "examples" / "python" / "client.py"
 CLIENT_TIMEOUT_S = 90
@@ -156,16 +155,15 @@ async def test_example_waits_for_a_server_that_starts_late(tmp_path: Path, examp
     The outage outlasts the retry policy's budget (backoffs of at most 0.2+0.4+0.8+1.6 s):
     without waitForReady the first call fails with UNAVAILABLE and the example exits 1.
     """
-    port = free_ports(1)[0]
+    port = free_port()
     address = f"127.0.0.1:{port}"
     if example == "node":
         command, env = node_command(address), client_env()
     else:
         command, env = [sys.executable, str(PYTHON_EXAMPLE), address], python_env()
     database = tmp_path / "late.db"
-    server = ServerProcess(
-        f"sqlite+aiosqlite:///{database}", port, tmp_path / "server.log", ("--migrate",)
-    )
+    flags = ("--database-url", f"sqlite+aiosqlite:///{database}", "--migrate")
+    server = ServiceProcess(flags, port=port, log_path=tmp_path / "server.log")
     client = await start_client(command, env)
     try:
         await _outage(port, OUTAGE_S)  # the client's first call finds no server

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import sys
-
 import pytest
 from pydantic import ValidationError
 from sqlalchemy.engine import make_url
@@ -12,26 +9,14 @@ from sqlalchemy.engine import make_url
 from service.__main__ import _parser, load_settings
 from service.settings import Settings, normalise_database_url
 from service.storage.engines import driver_options
-from tests.infra.service_process import ROOT, child_environment
+from tests.infra.service_process import run_service
 
 
 async def _start(*flags: str, **settings: str) -> tuple[int, str]:
     """Exit code and stderr of `python -m service serve` that must not start serving."""
-    process = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "service", "serve", "--address", "127.0.0.1:0", *flags),
-        cwd=ROOT,
-        env=child_environment(database_url="sqlite+aiosqlite:///:memory:", **settings),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        _, stderr = await asyncio.wait_for(process.communicate(), 60)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    assert process.returncode is not None
-    return process.returncode, stderr.decode()
+    settings = {"database_url": "sqlite+aiosqlite:///:memory:", **settings}
+    code, _, stderr = await run_service("serve", "--address", "127.0.0.1:0", *flags, **settings)
+    return code, stderr
 
 
 async def test_an_unknown_taskservice_variable_stops_the_start_naming_it() -> None:

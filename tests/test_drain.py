@@ -39,9 +39,10 @@ from taskmanager.v1 import (
     task_service_pb2_grpc,
 )
 from tests.conftest import unique
+from tests.infra.processes import free_port
+from tests.infra.service_process import service_process
 from tests.rpc_errors import DETAILS_KEY, read_failure
 from tests.seeding import seed_project_at
-from tests.server_process import free_port, server_process
 
 TIMEOUT = 30.0
 RUNS = 20
@@ -168,9 +169,11 @@ async def _rows_of(database_url: str, project_id: int) -> int:
 async def _sigterm_run(database_url: str, workers: int, streamed_project: int) -> Run:
     """Start a server, put CALLERS on it, SIGTERM it mid-load, collect what callers saw."""
     run = Run()
-    address = f"127.0.0.1:{free_port()}" if workers > 1 else "127.0.0.1:0"
+    port = free_port() if workers > 1 else 0
     flags = ("--drain-delay", DRAIN_DELAY, "--shutdown-grace", str(TIMEOUT), *SMALL_POOL)
-    async with server_process(database_url, *flags, address=address, workers=workers) as server:
+    async with service_process(
+        "--database-url", database_url, *flags, port=port, workers=workers
+    ) as server:
         channels = [
             grpc.aio.insecure_channel(server.address, OWN_CONNECTION) for _ in range(CHANNELS)
         ]

@@ -147,7 +147,7 @@ async def test_writes_resume_after_promotion_and_no_acknowledged_write_is_lost(
             await asyncio.to_thread(pair.standby.promote)
             promoted = time.monotonic()
             await load.until(lambda: load.ok_after(promoted) >= 100, timeout=30)
-        log = server.text()
+        log = server.log
 
     first_write = load.first_ok_after(promoted)
     assert first_write - promoted <= RECOVERY_LIMIT, log
@@ -177,7 +177,7 @@ async def test_a_demoted_primary_is_left_for_the_promoted_standby_within_seconds
             await asyncio.to_thread(pair.standby.promote)
             promoted = time.monotonic()
             await load.until(lambda: load.ok_after(promoted + RECOVERY_LIMIT) >= 100, timeout=30)
-        log = server.text()
+        log = server.log
 
     first_write = load.first_ok_after(promoted)
     assert first_write - promoted <= RECOVERY_LIMIT, log

@@ -28,9 +28,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
-import signal
-import sys
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -70,13 +67,11 @@ from tests.descriptor_fuzzing import (
     string_paths,
     with_string,
 )
+from tests.infra.service_process import ServiceProcess, service_process
 
 log = logging.getLogger(__name__)
-ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "20"))
 RAW_EXAMPLES = 10
-START_TIMEOUT = 60.0
-STOP_TIMEOUT = 30.0
 RPCS = served_rpcs()
 # What the server's log must never show: the translator's INTERNAL, grpc's own handler
 # failures (UNKNOWN), a crash.
@@ -100,9 +95,11 @@ def fuzz_settings(examples: int) -> settings:
 class Target:
     """A server process on a database of its own."""
 
-    address: str
-    log: Path
-    process: asyncio.subprocess.Process
+    server: ServiceProcess
+
+    @property
+    def address(self) -> str:
+        return self.server.address
 
     @contextmanager
     def channel(self) -> Iterator[grpc.Channel]:
@@ -110,14 +107,14 @@ class Target:
             yield opened
 
     def assert_up(self, channel: grpc.Channel, after: str) -> None:
-        assert self.process.returncode is None, f"the server died after {after}:\n{self.tail()}"
+        assert self.server.running, f"the server died after {after}:\n{self.tail()}"
         status = health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(), timeout=10
         )
         assert status.status == health_pb2.HealthCheckResponse.SERVING, after
 
     def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
+        return self.server.log[-4000:]
 
 
 @asynccontextmanager
@@ -139,34 +136,6 @@ async def fresh_database(backend: str, directory: Path) -> AsyncIterator[str]:
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
-
-
-@asynccontextmanager
-async def server_process(url: str, log: Path) -> AsyncIterator[Target]:
-    """`python -m service serve` on an ephemeral port; SIGTERM must stop it with 0."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKSERVICE_")}
-    with log.open("wb") as sink:
-        process = await asyncio.create_subprocess_exec(
-            *(sys.executable, "-m", "service", "serve"),
-            *("--address", "127.0.0.1:0", "--database-url", url),
-            cwd=ROOT,
-            env={**env, "PYTHONUNBUFFERED": "1"},
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=sink,
-        )
-        try:
-            async with asyncio.timeout(START_TIMEOUT):
-                while not (match := re.search(r"serving on .* \(port (\d+)\)", log.read_text())):
-                    assert process.returncode is None, log.read_text()
-                    await asyncio.sleep(0.05)
-            yield Target(f"127.0.0.1:{match.group(1)}", log, process)
-            process.send_signal(signal.SIGTERM)
-            code = await asyncio.wait_for(process.wait(), STOP_TIMEOUT)
-            assert code == 0, f"exit code {code}:\n{log.read_text()[-4000:]}"
-        finally:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
 
 
 def seed(address: str) -> None:
@@ -204,10 +173,10 @@ async def target(
     directory = tmp_path_factory.mktemp(f"fuzz-{request.param}")
     async with (
         fresh_database(request.param, directory) as url,
-        server_process(url, directory / "server.log") as running,
+        service_process("--database-url", url, log_path=directory / "server.log") as running,
     ):
         await asyncio.to_thread(seed, running.address)
-        yield running
+        yield Target(running)
 
 
 def check(target: Target, channel: grpc.Channel, rpc: Rpc, sent: object, outcome: Outcome) -> None:
@@ -359,6 +328,6 @@ def test_every_rpc_reflection_lists_is_fuzzed(target: Target) -> None:
 
 def test_the_server_logged_no_unexpected_error(target: Target) -> None:
     """Runs last for each backend: every call above left the log clean."""
-    log = target.log.read_text(errors="replace")
+    log = target.server.log
     for alarm in LOG_ALARMS:
         assert alarm not in log, f"{alarm!r} in the server log:\n{target.tail()}"

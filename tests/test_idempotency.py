@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import re
-import signal
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -27,6 +22,7 @@ from taskmanager.v1 import (
     worker_service_pb2,
 )
 from tests.conftest import unique
+from tests.infra.service_process import service_process
 from tests.rpc_errors import expect_failure
 from tests.safe_writes import (
     DEADLINE,
@@ -41,7 +37,6 @@ from tests.safe_writes import (
 # Also through a transaction-pooling PgBouncer (the pgbouncer backend, conftest.py).
 pytestmark = pytest.mark.through_pgbouncer
 
-ROOT = Path(__file__).resolve().parent.parent
 CONCURRENT_CALLS = 20
 ALREADY_EXISTS = grpc.StatusCode.ALREADY_EXISTS
 
@@ -356,61 +351,14 @@ async def test_identical_creates_split_over_two_servers_on_one_postgres_make_one
             assert [t.id for t in await list_tasks(stub, project_id)] == [responses[0].id]
 
 
-def _child_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKSERVICE_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-@asynccontextmanager
-async def _server_process(database_url: str) -> AsyncIterator[int]:
-    """`python -m service serve` on an ephemeral port; yields the port it logs."""
-    process = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "service", "serve"),
-        *("--address", "127.0.0.1:0", "--database-url", database_url),
-        cwd=ROOT,
-        env=_child_env(),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert process.stderr is not None
-    log: list[str] = []
-
-    async def port_from_log(stream: asyncio.StreamReader) -> int:
-        while True:
-            line = (await stream.readline()).decode()
-            assert line, "the server process exited before serving:\n" + "".join(log)
-            log.append(line)
-            match = re.search(r"serving on .* \(port (\d+)\)", line)
-            if match:
-                return int(match.group(1))
-
-    async def drain(stream: asyncio.StreamReader) -> None:  # a full pipe would stall the child
-        while line := await stream.readline():
-            log.append(line.decode())
-
-    try:
-        port = await asyncio.wait_for(port_from_log(process.stderr), 60)
-        draining = asyncio.create_task(drain(process.stderr))
-        yield port
-        process.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(process.wait(), DEADLINE)
-        await draining
-        assert process.returncode == 0, "".join(log)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-
-
 async def test_identical_creates_split_over_a_server_and_a_server_process_make_one_task(
     migrated_postgres_url: str,
 ) -> None:
     async with (
         _in_process_server(migrated_postgres_url) as local,
-        _server_process(migrated_postgres_url) as remote_port,
+        service_process("--database-url", migrated_postgres_url) as remote,
         _channel(local.port) as local_channel,
-        _channel(remote_port) as remote_channel,
+        _channel(remote.port) as remote_channel,
     ):
         stubs = [
             task_service_pb2_grpc.TaskServiceStub(local_channel),

@@ -30,7 +30,7 @@ from tests.infra.clients import retrying_channel
 from tests.infra.cluster import Cluster, balanced_cluster
 from tests.infra.mixed_load import MixedLoad, new_project, stored_creates
 from tests.infra.nginx import SHIPPED_SITE, Nginx, render_site, running_nginx
-from tests.infra.ports import free_ports
+from tests.infra.processes import free_ports
 
 log = logging.getLogger(__name__)
 TIMEOUT = 30.0

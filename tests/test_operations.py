@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import socket
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -38,11 +37,11 @@ from taskmanager.v1 import (
     task_service_pb2_grpc,
 )
 from tests.conftest import count_statements, create_task, unique
+from tests.infra.processes import free_port
+from tests.infra.service_process import run_service, service_process
 from tests.rpc_errors import read_failure
 
-ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 30.0  # upper bound for anything we wait on; never a fixed delay
-START_TIMEOUT = 90.0  # a fresh interpreter imports grpc, SQLAlchemy and the protos
 POLL = 0.05
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -451,72 +450,6 @@ async def test_shutdown_stops_the_probe_for_good(pg_url: str) -> None:
 # --- the process, with one worker or several -------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def _child_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKSERVICE_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-@asynccontextmanager
-async def _service(log: Path, *args: str) -> AsyncIterator[asyncio.subprocess.Process]:
-    """`python -m service *args`, its stderr in `log`; killed if the test leaves it running."""
-    with log.open("wb") as sink:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "service",
-            *args,
-            cwd=ROOT,
-            env=_child_env(),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=sink,
-        )
-        try:
-            yield process
-        finally:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
-
-
-async def _exit_code(process: asyncio.subprocess.Process, log: Path) -> int:
-    try:
-        return await asyncio.wait_for(process.wait(), TIMEOUT)
-    except TimeoutError:
-        pytest.fail("the service did not exit:\n" + log.read_text())
-
-
-async def _health_status(address: str) -> int | grpc.StatusCode:
-    """The overall health a fresh connection sees, or the code its call failed with."""
-    async with grpc.aio.insecure_channel(address) as channel:
-        try:
-            response = await health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=TIMEOUT
-            )
-        except grpc.aio.AioRpcError as error:
-            code: grpc.StatusCode = error.code()
-            return code
-    status: int = response.status
-    return status
-
-
-async def _wait_until_serving(address: str, process: asyncio.subprocess.Process, log: Path) -> None:
-    async def serving() -> bool:
-        assert process.returncode is None, "the service exited:\n" + log.read_text()
-        status = await _health_status(address)
-        assert status in (SERVING, grpc.StatusCode.UNAVAILABLE), status
-        return bool(status == SERVING)
-
-    await _eventually(serving, f"{address} serves", timeout=START_TIMEOUT)
-
-
 async def _refuses_new_calls(address: str) -> bool:
     """True once a call on a fresh connection is refused UNAVAILABLE (SERVER_SHUTTING_DOWN);
     False while calls still succeed; no other outcome."""
@@ -580,16 +513,11 @@ def _has_loaded_grpc(pid: int) -> bool:
 
 @pytest.mark.parametrize("workers", [1, 2])
 async def test_sigterm_lets_the_in_flight_call_finish_then_exits_0(
-    pg_url: str, admin: asyncpg.Connection, tmp_path: Path, workers: int
+    pg_url: str, admin: asyncpg.Connection, workers: int
 ) -> None:
-    port = _free_port()
-    address = f"127.0.0.1:{port}"
-    log = tmp_path / "service.log"
-    args = ("serve", "--database-url", pg_url, "--address", address, "--shutdown-grace", "60")
-    args += ("--drain-delay", "0")
-    async with _service(log, *args, "--workers", str(workers)) as process:
-        await _wait_until_serving(address, process, log)
-        async with grpc.aio.insecure_channel(address) as channel:
+    flags = ("--database-url", pg_url, "--shutdown-grace", "60", "--drain-delay", "0")
+    async with service_process(*flags, port=free_port(), workers=workers) as server:
+        async with grpc.aio.insecure_channel(server.address) as channel:
             _, task = await _project_with_task(channel)
             async with _row_locked(pg_url, task.id) as release:
                 in_flight = _update_title(channel, task.id, "finished", TIMEOUT * 2)
@@ -598,39 +526,37 @@ async def test_sigterm_lets_the_in_flight_call_finish_then_exits_0(
                     return await _waiting_on_a_lock(admin, _database_name(pg_url))
 
                 await _eventually(blocked, "the update waits on the row lock")
-                process.send_signal(signal.SIGTERM)
+                server.send_signal(signal.SIGTERM)
                 # The application refuses new calls (retryable, with details) while the
                 # in-flight one waits: grpc-core keeps dispatching until it is done.
-                await _eventually(lambda: _refuses_new_calls(address), "new calls are refused")
+                await _eventually(
+                    lambda: _refuses_new_calls(server.address), "new calls are refused"
+                )
                 assert not in_flight.done()
                 await release()
                 updated = await asyncio.wait_for(in_flight, TIMEOUT)
         assert updated.title == "finished"
-        assert await _exit_code(process, log) == 0, log.read_text()
+        assert await server.exited() == 0, server.log
 
 
-async def test_workers_share_the_port_and_all_serve(pg_url: str, tmp_path: Path) -> None:
-    port = _free_port()
-    address = f"127.0.0.1:{port}"
-    log = tmp_path / "service.log"
-    args = ("serve", "--workers", "2", "--database-url", pg_url, "--address", address)
-    async with _service(log, *args) as process:
+async def test_workers_share_the_port_and_all_serve(pg_url: str) -> None:
+    port = free_port()
+    async with service_process("--database-url", pg_url, port=port, workers=2) as server:
 
         async def both_listen() -> bool:
-            assert process.returncode is None, "the service exited:\n" + log.read_text()
-            children = _children(process.pid)
+            assert server.running, "the service exited:\n" + server.log
+            children = _children(server.pid)
             return len(children) == 2 and all(_sockets_of(c, port, "0A") for c in children)
 
-        await _eventually(both_listen, "two workers listen on the port", timeout=START_TIMEOUT)
-        await _wait_until_serving(address, process, log)
-        workers = _children(process.pid)
-        assert not _has_loaded_grpc(process.pid), "the supervisor imported grpc before forking"
+        await _eventually(both_listen, "two workers listen on the port")
+        workers = _children(server.pid)
+        assert not _has_loaded_grpc(server.pid), "the supervisor imported grpc before forking"
         assert all(_has_loaded_grpc(worker) for worker in workers)
 
         # The kernel spreads new connections over both listeners: each worker answers some.
         # (A local subchannel pool per channel: grpc would otherwise share one connection.)
         own_connection = [("grpc.use_local_subchannel_pool", 1)]
-        channels = [grpc.aio.insecure_channel(address, own_connection) for _ in range(24)]
+        channels = [grpc.aio.insecure_channel(server.address, own_connection) for _ in range(24)]
         try:
             for channel in channels:
                 response = await health_pb2_grpc.HealthStub(channel).Check(
@@ -643,33 +569,29 @@ async def test_workers_share_the_port_and_all_serve(pg_url: str, tmp_path: Path)
                 await channel.close()
         assert all(connections.values()), connections
 
-        process.send_signal(signal.SIGTERM)
-        assert await _exit_code(process, log) == 0, log.read_text()
+        assert await server.terminate() == 0, server.log
     assert not any(Path(f"/proc/{worker}").exists() for worker in workers)
-    assert log.read_text().count("stopped") >= 2
+    assert server.log.count("stopped") >= 2
 
 
 async def test_workers_need_an_explicit_port(tmp_path: Path) -> None:
-    log = tmp_path / "service.log"
     database = f"sqlite:///{tmp_path}/x.db"
     args = ("serve", "--workers", "2", "--address", "127.0.0.1:0", "--database-url", database)
-    async with _service(log, *args) as process:
-        assert await _exit_code(process, log) == 2
-    assert "explicit port" in log.read_text()
+    code, _, stderr = await run_service(*args)
+    assert code == 2, stderr
+    assert "explicit port" in stderr
 
 
 async def test_a_worker_that_cannot_listen_fails_the_service(tmp_path: Path) -> None:
-    log = tmp_path / "service.log"
     database = f"sqlite:///{tmp_path}/x.db"
     with socket.socket() as taken:  # no SO_REUSEPORT: nobody may share this port
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         address = f"127.0.0.1:{taken.getsockname()[1]}"
         args = ("serve", "--workers", "2", "--address", address, "--database-url", database)
-        async with _service(log, *args) as process:
-            code = await asyncio.wait_for(process.wait(), START_TIMEOUT)
-    assert code == 1, log.read_text()
-    assert f"cannot listen on {address}" in log.read_text()
+        code, _, stderr = await run_service(*args)
+    assert code == 1, stderr
+    assert f"cannot listen on {address}" in stderr
 
 
 def test_each_worker_gets_its_own_metrics_port() -> None:

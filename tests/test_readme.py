@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from tests.infra.ports import free_ports
-from tests.infra.server_process import ROOT, ServerProcess, child_env
+from tests.infra.processes import free_port
+from tests.infra.service_process import ROOT, ServiceProcess, child_environment
 
 README = ROOT / "README.md"
 README_ADDRESS = "localhost:50051"
@@ -163,11 +163,12 @@ def check_answer(command: Command, output: str) -> None:
 
 
 @pytest.fixture(scope="module")
-async def fresh_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ServerProcess]:
+async def fresh_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ServiceProcess]:
     """A server process on a database of its own, so the README's ids start at 1."""
     directory = tmp_path_factory.mktemp("readme")
     database = f"sqlite+aiosqlite:///{directory / 'readme.db'}"
-    server = ServerProcess(database, free_ports(1)[0], directory / "server.log", ("--migrate",))
+    flags = ("--database-url", database, "--migrate")
+    server = ServiceProcess(flags, port=free_port(), log_path=directory / "server.log")
     await server.start()
     yield server
     await server.close()
@@ -181,14 +182,14 @@ def test_the_readme_has_the_commands_it_should() -> None:
     assert {c.tool for c in COMMANDS} >= {"node", ".venv/bin/python"}
 
 
-async def run(command: Command, server: ServerProcess) -> str:
+async def run(command: Command, server: ServiceProcess) -> str:
     """Run one README line against `server` (its address in place of localhost:50051)."""
     argv = [executable(command.tool)]
     argv += [arg.replace(README_ADDRESS, server.address) for arg in command.argv[1:]]
     process = await asyncio.create_subprocess_exec(
         *argv,
         cwd=ROOT,
-        env=child_env(PYTHONPATH=str(ROOT / "generated")),
+        env={**child_environment(), "PYTHONPATH": str(ROOT / "generated")},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -198,7 +199,9 @@ async def run(command: Command, server: ServerProcess) -> str:
     return output
 
 
-async def test_readme_commands_work_in_order_on_a_fresh_server(fresh_server: ServerProcess) -> None:
+async def test_readme_commands_work_in_order_on_a_fresh_server(
+    fresh_server: ServiceProcess,
+) -> None:
     for command in COMMANDS:
         output = await run(command, fresh_server)
         check_answer(command, output)

@@ -26,8 +26,8 @@ from taskmanager.v1 import (
     worker_service_pb2,
 )
 from tests.infra.clients import SERVICE_CONFIG, retrying_channel
-from tests.infra.ports import free_ports
-from tests.infra.server_process import ServerProcess
+from tests.infra.processes import free_port
+from tests.infra.service_process import ServiceProcess
 
 SERVICES = {
     service.full_name: service
@@ -101,9 +101,10 @@ def test_unary_calls_get_a_default_deadline_and_streams_do_not() -> None:
 
 
 @pytest.fixture
-async def server_process(tmp_path: Path) -> AsyncIterator[ServerProcess]:
-    database = f"sqlite+aiosqlite:///{tmp_path / 'retry.db'}"
-    server = ServerProcess(database, free_ports(1)[0], tmp_path / "server.log", ("--migrate",))
+async def server_process(tmp_path: Path) -> AsyncIterator[ServiceProcess]:
+    flags = ("--database-url", f"sqlite+aiosqlite:///{tmp_path / 'retry.db'}", "--migrate")
+    # A fixed port: the restarted server must be where the client's channel reconnects.
+    server = ServiceProcess(flags, port=free_port(), log_path=tmp_path / "server.log")
     await server.start()
     yield server
     await server.close()
@@ -148,7 +149,9 @@ class Traffic:
             )
 
 
-async def test_calls_ride_out_a_server_kill_and_restart(server_process: ServerProcess) -> None:
+async def test_calls_ride_out_a_server_kill_and_restart(
+    server_process: ServiceProcess, tmp_path: Path
+) -> None:
     async with retrying_channel(server_process.address) as channel:
         project = await project_service_pb2_grpc.ProjectServiceStub(channel).CreateProject(
             project_service_pb2.CreateProjectRequest(
@@ -180,8 +183,7 @@ async def test_calls_ride_out_a_server_kill_and_restart(server_process: ServerPr
 
     assert [failure for client in traffic for failure in client.failures] == []
     created = {key: value for client in traffic for key, value in client.created.items()}
-    database = server_process.database_url.removeprefix("sqlite+aiosqlite:///")
-    with sqlite3.connect(database) as db:
+    with sqlite3.connect(tmp_path / "retry.db") as db:
         rows = db.execute("SELECT title, id FROM tasks WHERE project_id = ?", (project.id,))
         stored = rows.fetchall()
     # Creates in flight at the kill were retried: still exactly one task per request_id.

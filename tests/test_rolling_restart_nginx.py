@@ -1,17 +1,18 @@
 """A rolling restart behind a real nginx fails nothing, duplicates nothing, loses nothing.
 
-Three server processes on one PostgreSQL database behind nginx (grpc_pass, per-call
-balancing); one client channel with a retry policy for UNAVAILABLE (reads, and creates
-that carry a request_id) puts mixed load on it while each replica in turn gets SIGTERM
-and is started again. nginx OSS has no active health checks: a draining replica is
-left to refuse calls (UNAVAILABLE, retried on another replica) and then to close, after
-which nginx moves calls whose connect fails to the next replica by itself.
+Three server processes on one PostgreSQL database behind nginx with the shipped site
+config (deploy/nginx/taskservice.conf, per-call balancing); one client channel with the
+published service config (protos/taskmanager/v1/service_config.json: UNAVAILABLE retried
+for reads, and for creates that carry a request_id) puts mixed load on it while each
+replica in turn gets SIGTERM and is started again: what clients are told to use is
+enough. nginx OSS has no active health checks: a draining replica is left to refuse
+calls (UNAVAILABLE, retried on another replica) and then to close, after which nginx
+moves calls whose connect fails to the next replica by itself.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import uuid
 from contextlib import AsyncExitStack
@@ -24,36 +25,17 @@ from sqlalchemy.engine import make_url
 
 from service.storage import migrate
 from taskmanager.v1 import resources_pb2, task_service_pb2, task_service_pb2_grpc
-from tests.infra.nginx_rolling import nginx_grpc_proxy
+from tests.infra.clients import retrying_channel
+from tests.infra.nginx import running_nginx
+from tests.infra.processes import free_ports
+from tests.infra.service_process import ServiceProcess, service_process
 from tests.seeding import seed_project_at
-from tests.server_process import ServerProcess, free_port, server_process
 
 TIMEOUT = 30.0
 REPLICAS = 3
 CALLERS = 12
 STREAM_CALLERS = 2
 STREAMED = 300
-# Clients retry UNAVAILABLE where a retry cannot do harm: reads, and creates whose
-# request_id makes a second attempt return the first one's result.
-RETRIED = ("GetTask", "ListTasks", "StreamTasks", "CreateTask")
-SERVICE_CONFIG = {
-    "methodConfig": [
-        {
-            "name": [{"service": "taskmanager.v1.TaskService", "method": m} for m in RETRIED],
-            "retryPolicy": {
-                "maxAttempts": 5,
-                "initialBackoff": "0.1s",
-                "maxBackoff": "1s",
-                "backoffMultiplier": 2,
-                "retryableStatusCodes": ["UNAVAILABLE"],
-            },
-        }
-    ]
-}
-CHANNEL_OPTIONS = [
-    ("grpc.enable_retries", 1),
-    ("grpc.service_config", json.dumps(SERVICE_CONFIG)),
-]
 
 
 class Load:
@@ -126,10 +108,10 @@ async def _streamer(load: Load, tasks: task_service_pb2_grpc.TaskServiceStub, pr
             )
 
 
-async def _replica(stack: AsyncExitStack, database_url: str, port: int) -> ServerProcess:
+async def _replica(stack: AsyncExitStack, database_url: str, port: int) -> ServiceProcess:
     flags = ("--drain-delay", "0.5", "--shutdown-grace", str(TIMEOUT))
     return await stack.enter_async_context(
-        server_process(database_url, *flags, address=f"127.0.0.1:{port}")
+        service_process("--database-url", database_url, *flags, port=port)
     )
 
 
@@ -154,7 +136,7 @@ async def test_rolling_restart_behind_nginx_fails_nothing(
     await asyncio.to_thread(migrate.upgrade, postgres_url)
     written = await seed_project_at(postgres_url, f"rolling-{uuid.uuid4()}")
     streamed = await seed_project_at(postgres_url, f"streamed-{uuid.uuid4()}", STREAMED)
-    ports = [free_port() for _ in range(REPLICAS)]
+    ports = free_ports(REPLICAS)
     stacks = [AsyncExitStack() for _ in ports]
     replicas = list(
         await asyncio.gather(
@@ -163,8 +145,8 @@ async def test_rolling_restart_behind_nginx_fails_nothing(
     )
     try:
         async with (
-            nginx_grpc_proxy(tmp_path / "nginx", free_port(), ports) as nginx,
-            grpc.aio.insecure_channel(nginx.address, CHANNEL_OPTIONS) as channel,
+            running_nginx(tmp_path / "nginx", [f"127.0.0.1:{port}" for port in ports]) as nginx,
+            retrying_channel(nginx.address) as channel,
         ):
             tasks = task_service_pb2_grpc.TaskServiceStub(channel)
             load = Load()
@@ -189,7 +171,7 @@ async def test_rolling_restart_behind_nginx_fails_nothing(
             load.running = False
             await asyncio.wait_for(callers, TIMEOUT)
 
-            assert not load.failures, (load.failures[:10], nginx.error_log()[-2000:])
+            assert not load.failures, (load.failures[:10], nginx.errors()[-2000:])
             assert refused, "no replica refused a call while draining: the test exercised nothing"
             for task_id, title in load.created.items():
                 got = await tasks.GetTask(

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import os
-import re
-import signal
 import sqlite3
-import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -36,9 +32,9 @@ from taskmanager.v1 import (
     task_service_pb2_grpc,
 )
 from tests.conftest import _admin_dsn, create_task, unique
+from tests.infra.service_process import run_service, service_process
 from tests.rpc_errors import read_failure
 
-ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 20.0  # upper bound for anything we wait on; never a fixed delay
 GRACE = 2 * TIMEOUT  # shutdown grace in the shutdown tests: longer than any wait of theirs
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -433,95 +429,30 @@ async def test_shutdown_ends_streams_after_a_batch_with_a_resume_token(
 # --- the process --------------------------------------------------------------------
 
 
-def _child_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKSERVICE_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-async def _run(*args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "service",
-        *args,
-        cwd=ROOT,
-        env=_child_env(),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise
-    assert process.returncode is not None
-    return process.returncode, stdout.decode(), stderr.decode()
-
-
-async def _port_from_log(stream: asyncio.StreamReader, seen: list[str]) -> int:
-    """Read the child's log until it says which port it serves on."""
-    while True:
-        line = (await stream.readline()).decode()
-        assert line, "the server exited before serving:\n" + "".join(seen)
-        seen.append(line)
-        match = re.search(r"serving on .* \(port (\d+)\)", line)
-        if match:
-            return int(match.group(1))
-
-
 async def test_process_serves_until_sigterm_and_exits_cleanly(tmp_path: Path) -> None:
     database = tmp_path / "x.db"
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "service",
-        "serve",
-        "--migrate",
-        "--address",
-        "127.0.0.1:0",
-        "--database-url",
-        f"sqlite+aiosqlite:///{database}",
-        cwd=ROOT,
-        env=_child_env(),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert process.stderr is not None
-    log: list[str] = []
-    try:
-        port = await asyncio.wait_for(_port_from_log(process.stderr, log), 60)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            await asyncio.wait_for(channel.channel_ready(), TIMEOUT)
-            health = health_pb2_grpc.HealthStub(channel)
-            response = await health.Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT)
-            assert response.status == SERVING
-            projects = project_service_pb2_grpc.ProjectServiceStub(channel)
-            created = await projects.CreateProject(
-                project_service_pb2.CreateProjectRequest(
-                    project=resources_pb2.Project(name="demo")
-                ),
-                timeout=TIMEOUT,
-            )
-            assert created.id > 0
-            assert created.name == "demo"
-
-        process.send_signal(signal.SIGTERM)
-        _, rest = await asyncio.wait_for(process.communicate(), TIMEOUT)
-        log.append(rest.decode())
-        assert process.returncode == 0, "".join(log)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    assert "stopped" in "".join(log)
+    flags = ("--migrate", "--database-url", f"sqlite+aiosqlite:///{database}")
+    async with (
+        service_process(*flags) as server,  # SIGTERM at the end: it must exit 0
+        grpc.aio.insecure_channel(server.address) as channel,
+    ):
+        health = health_pb2_grpc.HealthStub(channel)
+        response = await health.Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT)
+        assert response.status == SERVING
+        projects = project_service_pb2_grpc.ProjectServiceStub(channel)
+        created = await projects.CreateProject(
+            project_service_pb2.CreateProjectRequest(project=resources_pb2.Project(name="demo")),
+            timeout=TIMEOUT,
+        )
+        assert created.id > 0
+        assert created.name == "demo"
+    assert "stopped" in server.log
     with sqlite3.connect(database) as db:
         assert db.execute("SELECT name FROM projects").fetchall() == [("demo",)]
 
 
 async def test_help_names_the_flags() -> None:
-    code, stdout, _ = await _run("--help")
+    code, stdout, _ = await run_service("--help")
     assert code == 0
     assert "--database-url" in stdout
     assert "--migrate" in stdout
@@ -529,7 +460,7 @@ async def test_help_names_the_flags() -> None:
 
 async def test_migrate_command_creates_the_schema(tmp_path: Path) -> None:
     database = tmp_path / "migrated.db"
-    code, _, stderr = await _run("migrate", "--database-url", f"sqlite:///{database}")
+    code, _, stderr = await run_service("migrate", "--database-url", f"sqlite:///{database}")
     assert code == 0, stderr
     with sqlite3.connect(database) as db:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -537,13 +468,15 @@ async def test_migrate_command_creates_the_schema(tmp_path: Path) -> None:
 
 
 async def test_invalid_configuration_exits_2(tmp_path: Path) -> None:
-    code, _, stderr = await _run("--pool-size", "0", "--database-url", f"sqlite:///{tmp_path}/x")
+    code, _, stderr = await run_service(
+        "--pool-size", "0", "--database-url", f"sqlite:///{tmp_path}/x"
+    )
     assert code == 2
     assert "pool_size" in stderr
 
 
 async def test_process_exits_1_when_the_port_is_taken(server: TaskServer, tmp_path: Path) -> None:
-    code, _, stderr = await _run(
+    code, _, stderr = await run_service(
         "serve",
         "--address",
         f"127.0.0.1:{server.port}",

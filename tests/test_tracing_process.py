@@ -8,20 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import socket
-import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.storage import migrate
 from taskmanager.v1 import (
@@ -31,11 +25,10 @@ from taskmanager.v1 import (
     task_service_pb2,
     task_service_pb2_grpc,
 )
+from tests.infra.service_process import ServiceProcess, service_process
 from tests.otlp_receiver import SERVER, trace_receiver
 from tests.trace_callers import MISSING_ID, Caller, assert_no_values
 
-ROOT = Path(__file__).resolve().parent.parent
-START_TIMEOUT = 90.0  # a fresh interpreter imports grpc, SQLAlchemy, the SDK and the protos
 TIMEOUT = 30.0
 TOKEN, PRINCIPAL = "tr4ce-token", "tracer"
 
@@ -46,75 +39,21 @@ async def pg_url(postgres_url: str) -> str:
     return postgres_url
 
 
-@dataclass
-class Service:
-    """The service process, its address and its log."""
-
-    process: asyncio.subprocess.Process
-    address: str
-    log: Path
-
-    async def terminate(self) -> int:
-        """SIGTERM, then the exit code (the process must exit by itself)."""
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return await asyncio.wait_for(self.process.wait(), TIMEOUT)
-        except TimeoutError:
-            pytest.fail("the service did not exit:\n" + self.log.read_text())
-
-    def log_entries(self) -> list[dict[str, object]]:
-        lines = self.log.read_text().splitlines()
-        return [json.loads(line) for line in lines if line.startswith("{")]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+def log_entries(service: ServiceProcess) -> list[dict[str, object]]:
+    """The service's JSON log lines."""
+    return [json.loads(line) for line in service.log.splitlines() if line.startswith("{")]
 
 
 @asynccontextmanager
-async def _service(url: str, tmp_path: Path, **otel: str) -> AsyncIterator[Service]:
-    """The service with the given OTEL_* variables, killed if the test leaves it running."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TASKSERVICE_", "OTEL_"))}
-    env.update({"PYTHONUNBUFFERED": "1", "OTEL_BSP_SCHEDULE_DELAY": "50", **otel})
-    address = f"127.0.0.1:{_free_port()}"
-    log = tmp_path / "service.log"
-    args = ["--database-url", url, "--address", address, "--log-format", "json"]
-    args += ["--rpc-log", "all", "--auth-tokens", json.dumps({TOKEN: PRINCIPAL})]
-    with log.open("wb") as sink:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "service", *args, cwd=ROOT, env=env, stderr=sink
-        )
-        service = Service(process, address, log)
-        try:
-            await _wait_until_serving(service)
-            yield service
-        finally:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
-
-
-async def _wait_until_serving(service: Service) -> None:
-    async with asyncio.timeout(START_TIMEOUT), grpc.aio.insecure_channel(service.address) as ch:
-        health = health_pb2_grpc.HealthStub(ch)
-        while await _health(health) != health_pb2.HealthCheckResponse.SERVING:
-            assert service.process.returncode is None, service.log.read_text()
-            await asyncio.sleep(0.05)
-
-
-async def _health(health: health_pb2_grpc.HealthStub) -> int | None:
-    """The server's overall health; None while it does not listen yet."""
-    try:
-        reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT)
-    except grpc.aio.AioRpcError as error:
-        if error.code() != grpc.StatusCode.UNAVAILABLE:
-            raise
-        return None
-    status: int = reply.status
-    return status
+async def _service(url: str, tmp_path: Path, **otel: str) -> AsyncIterator[ServiceProcess]:
+    """The service with the given OTEL_* variables (and no others)."""
+    tokens = json.dumps({TOKEN: PRINCIPAL})
+    flags = ("--database-url", url, "--log-format", "json", "--rpc-log", "all")
+    env = {"OTEL_BSP_SCHEDULE_DELAY": "50", **otel}
+    async with service_process(
+        *flags, "--auth-tokens", tokens, log_path=tmp_path / "service.log", env=env
+    ) as service:
+        yield service
 
 
 Metadata = tuple[tuple[str, str], ...]
@@ -124,7 +63,9 @@ def _metadata(caller: Caller, request_id: str) -> Metadata:
     return caller.metadata(**{"authorization": f"Bearer {TOKEN}", "x-request-id": request_id})
 
 
-async def _call(service: Service, secret: str) -> dict[str, tuple[Caller, str, grpc.StatusCode]]:
+async def _call(
+    service: ServiceProcess, secret: str
+) -> dict[str, tuple[Caller, str, grpc.StatusCode]]:
     """CreateProject, CreateTask, GetTask (found, missing, invalid), StreamTasks: each
     call with a caller of its own → {name: (caller, request id, code)}."""
     done: dict[str, tuple[Caller, str, grpc.StatusCode]] = {}
@@ -211,7 +152,7 @@ async def test_spans_follow_the_caller_into_the_service_process(
         assert_no_values(spans, secret, str(MISSING_ID))
         # The log lines of the traced calls carry the caller's trace and the server span.
         caller, request_id, _ = calls["missing"]
-        (line,) = [e for e in service.log_entries() if e.get("request_id") == request_id]
+        (line,) = [e for e in log_entries(service) if e.get("request_id") == request_id]
         (span,) = [s for s in spans if s.parent_id == caller.span_id]
         assert (line["trace_id"], line["span_id"]) == (caller.trace_id, span.span_id)
 

@@ -26,7 +26,7 @@ from taskmanager.v1 import (
     task_service_pb2_grpc,
 )
 from tests.conftest import unique, wait_until
-from tests.service_processes import service_process
+from tests.infra.service_process import service_process
 from tests.watching import Watch, started
 
 pb = task_service_pb2
@@ -125,7 +125,9 @@ async def test_sqlite_watchers_see_writes_of_another_process_by_polling(
     )
     try:
         async with (
-            service_process(sqlite_file, tmp_path / "other.log") as other,
+            service_process(
+                "--database-url", sqlite_file, log_path=tmp_path / "other.log"
+            ) as other,
             grpc.aio.insecure_channel(other.address) as other_channel,
             grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
         ):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from taskmanager.v1 import (
     worker_service_pb2_grpc,
 )
 from tests.conftest import unique
-from tests.service_processes import ROOT, child_env, service_process
+from tests.infra.service_process import run_service, service_process
 from tests.watching import (
     BOOKMARK,
     SNAPSHOT,
@@ -210,8 +209,8 @@ async def test_ten_thousand_writes_on_one_process_reach_watchers_on_another_exac
     pg_url: str, admin: asyncpg.Connection, tmp_path: Path
 ) -> None:
     async with (
-        service_process(pg_url, tmp_path / "a.log") as writer_process,
-        service_process(pg_url, tmp_path / "b.log") as watcher_process,
+        service_process("--database-url", pg_url, log_path=tmp_path / "a.log") as writer_process,
+        service_process("--database-url", pg_url, log_path=tmp_path / "b.log") as watcher_process,
         grpc.aio.insecure_channel(writer_process.address) as a_channel,
         grpc.aio.insecure_channel(watcher_process.address) as b_channel,
     ):
@@ -301,8 +300,8 @@ async def test_a_cursor_older_than_the_retention_is_out_of_range_on_every_proces
     pg_url: str, tmp_path: Path
 ) -> None:
     async with (
-        service_process(pg_url, tmp_path / "a.log") as first,
-        service_process(pg_url, tmp_path / "b.log") as second,
+        service_process("--database-url", pg_url, log_path=tmp_path / "a.log") as first,
+        service_process("--database-url", pg_url, log_path=tmp_path / "b.log") as second,
         grpc.aio.insecure_channel(first.address) as a_channel,
         grpc.aio.insecure_channel(second.address) as b_channel,
     ):
@@ -327,26 +326,18 @@ async def test_a_cursor_older_than_the_retention_is_out_of_range_on_every_proces
 
 
 async def _taskservice(*args: str) -> None:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "service",
-        *args,
-        cwd=ROOT,
-        env=child_env(),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, stderr = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode == 0, stderr.decode()
+    code, _, stderr = await run_service(*args)
+    assert code == 0, stderr
 
 
 async def test_a_slow_watcher_on_another_process_is_cut_off_and_resumes(
     pg_url: str, tmp_path: Path
 ) -> None:
     async with (
-        service_process(pg_url, tmp_path / "a.log") as first,
-        service_process(pg_url, tmp_path / "b.log", "--feed-watcher-buffer", "10") as second,
+        service_process("--database-url", pg_url, log_path=tmp_path / "a.log") as first,
+        service_process(
+            "--database-url", pg_url, "--feed-watcher-buffer", "10", log_path=tmp_path / "b.log"
+        ) as second,
         grpc.aio.insecure_channel(first.address) as a_channel,
         grpc.aio.insecure_channel(second.address, options=SMALL_WINDOW) as b_channel,
     ):
@@ -391,13 +382,13 @@ async def test_sigterm_ends_watches_with_their_cursor_and_another_process_resume
     pg_url: str, tmp_path: Path
 ) -> None:
     async with (
-        service_process(pg_url, tmp_path / "a.log") as first,
+        service_process("--database-url", pg_url, log_path=tmp_path / "a.log") as first,
         grpc.aio.insecure_channel(first.address) as a_channel,
     ):
         ids = await _setup(a_channel)
         a = _stub(a_channel)
         async with (
-            service_process(pg_url, tmp_path / "b.log") as second,
+            service_process("--database-url", pg_url, log_path=tmp_path / "b.log") as second,
             grpc.aio.insecure_channel(second.address) as b_channel,
         ):
             watch = await started(
@@ -407,10 +398,10 @@ async def test_sigterm_ends_watches_with_their_cursor_and_another_process_resume
                 pb.CreateTaskRequest(task=S.Task(project_id=ids["p1"], title="before"))
             )
             await watch.wait_for_changes(1)
-            second.process.terminate()
+            exit_code = asyncio.create_task(second.terminate())
             end = await watch.ended()
             assert (end.code, end.reason) == (grpc.StatusCode.UNAVAILABLE, "SERVER_SHUTTING_DOWN")
-            assert await second.process.wait() == 0
+            assert await exit_code == 0
         after = await a.CreateTask(
             pb.CreateTaskRequest(task=S.Task(project_id=ids["p1"], title="after"))
         )
@@ -431,7 +422,7 @@ async def test_a_thousand_idle_watchers_cost_one_listening_connection_and_bounde
     pg_url: str, admin: asyncpg.Connection, tmp_path: Path
 ) -> None:
     database = make_url(pg_url).database
-    async with service_process(pg_url, tmp_path / "b.log") as server:
+    async with service_process("--database-url", pg_url, log_path=tmp_path / "b.log") as server:
         channels = [
             grpc.aio.insecure_channel(server.address, options=OWN_CONNECTION) for _ in range(12)
         ]

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.api.cursors import FeedCursors
 from service.api.errors import UnknownMethods, translate_errors
 from service.api.handler_layers import LayeredRegistration, stack
+from service.api.long_lived import LONG_LIVED_METHODS
 from service.api.pagination import PageTokens
 from service.api.serialized import accept_serialized
 from service.api.servicers.dependencies import Dependencies
@@ -52,9 +53,6 @@ SERVICE_NAMES = (
     project_service_pb2.DESCRIPTOR.services_by_name["ProjectService"].full_name,
     worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
 )
-# Methods that never take an admission slot ("/package.Service/Method"): long-lived,
-# mostly idle streams such as a change feed, which must not be refused for overload.
-ADMISSION_EXEMPT: frozenset[str] = frozenset({"/taskmanager.v1.TaskService/WatchTasks"})
 # What grpc's own stop gives calls the drain did not wait for: only ungated calls
 # (health, reflection) can still run, and a health Watch never ends by itself.
 UNGATED_GRACE_S = 1.0
@@ -168,7 +166,7 @@ async def start_server(settings: Settings) -> TaskServer:
             observe(metrics.rpc if metrics else None, log_all=settings.rpc_log == "all"),
             *([tracing.layer()] if tracing else []),
             *auth_layers(settings),
-            admission(gate, ADMISSION_EXEMPT),
+            admission(gate, LONG_LIVED_METHODS),
             translate_errors,
             accept_serialized,
         ),

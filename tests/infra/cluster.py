@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tests.infra.databases import throwaway_postgres
 from tests.infra.nginx import Nginx, running_nginx
-from tests.infra.server_process import ServerProcess, server_processes
+from tests.infra.service_process import ServiceProcess, service_processes
 
 # Every replica must share it, or page and resume tokens fail on the others.
 PAGE_TOKEN_SECRET = "balanced-replicas-share-this-page-token-secret"
@@ -20,7 +20,7 @@ class Cluster:
     """Server processes on one database and the nginx in front of them."""
 
     database_url: str
-    replicas: list[ServerProcess]
+    replicas: list[ServiceProcess]
     nginx: Nginx
 
 
@@ -33,11 +33,10 @@ async def balanced_cluster(directory: Path, *, replicas: int = 3) -> AsyncIterat
     """
     async with (
         throwaway_postgres("cluster") as database_url,
-        server_processes(
+        service_processes(
             replicas,
-            database_url,
-            directory / "replicas",
-            args=("--page-token-secret", PAGE_TOKEN_SECRET),
+            *("--database-url", database_url, "--page-token-secret", PAGE_TOKEN_SECRET),
+            directory=directory / "replicas",
         ) as processes,
         running_nginx(directory / "nginx", [process.address for process in processes]) as nginx,
     ):

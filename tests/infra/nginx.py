@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.infra.ports import free_ports
+from tests.infra.processes import free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_SITE = ROOT / "deploy" / "nginx" / "taskservice.conf"

@@ -1,4 +1,4 @@
-"""What the infrastructure fixtures share: fixed ports, the postgres user, waiting."""
+"""What the infrastructure fixtures share: free ports, the postgres user, waiting."""
 
 from __future__ import annotations
 
@@ -13,9 +13,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-# Servers that cannot bind port 0 and report it (PgBouncer, PostgreSQL) get a free port
-# from this range (TEST_PORT_RANGE="low-high"), below the kernel's ephemeral ports.
-DEFAULT_PORT_RANGE = (25000, 25999)
+# Servers that must keep one port across restarts (a balancer's upstreams) or cannot bind
+# port 0 and report it (PgBouncer, PostgreSQL) take a free port of this range: outside
+# Linux's ephemeral range (32768-60999), so no outgoing connection takes it between the
+# check and its use. TEST_PORT_RANGE ("low-high") narrows it when several suites share a
+# machine.
+DEFAULT_PORT_RANGE = (20000, 29999)
 SERVICE_USER = "postgres"  # PostgreSQL and PgBouncer refuse to run as root
 
 
@@ -28,21 +31,30 @@ def port_range() -> tuple[int, int]:
     return int(low), int(high)
 
 
+def is_free(port: int) -> bool:
+    """True if nothing listens on (or holds) 127.0.0.1:`port` right now."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_ports(count: int, avoid: Sequence[int] = ()) -> list[int]:
+    """`count` distinct ports of port_range() that nothing listens on now, in random order."""
+    low, high = port_range()
+    candidates = [port for port in range(low, high + 1) if port not in avoid]
+    random.shuffle(candidates)
+    found = [port for port in candidates[: count * 50] if is_free(port)][:count]
+    if len(found) < count:
+        raise RuntimeError(f"fewer than {count} free ports in {low}-{high}")
+    return found
+
+
 def free_port(avoid: Sequence[int] = ()) -> int:
     """A loopback port of port_range() that nothing listens on right now."""
-    low, high = port_range()
-    candidates = list(range(low, high + 1))
-    random.shuffle(candidates)
-    for port in candidates:
-        if port in avoid:
-            continue
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port in {low}-{high}")
+    return free_ports(1, avoid)[0]
 
 
 def as_service_user(command: Sequence[str]) -> list[str]:
