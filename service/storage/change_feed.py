@@ -57,6 +57,14 @@ CHANNEL = "taskservice_feed"
 # process is easy to find.
 LISTENER_NAME = "taskservice-feed-listener"
 _PING_TIMEOUT = 5.0
+# Why watchers went, as the metrics say it; None: the stream itself ended (the client
+# cancelled, its deadline passed, or the handler failed) while it was still fed.
+_END_LABELS: dict[EndReason | None, str] = {
+    EndReason.SHUTDOWN: "shutdown",
+    EndReason.OVERFLOW: "too_slow",
+    EndReason.EXPIRED: "expired",
+    None: "closed",
+}
 _RETRY_DELAY = 1.0
 
 
@@ -108,7 +116,10 @@ class ChangeFeed:
         self._head: FeedPosition | None = None  # what the reader has read up to
         self._listener: asyncpg.Connection | None = None
         self._task: asyncio.Task[None] | None = None
-        self.reads = 0  # shared reads of new events (tests and metrics)
+        # For metrics, read at scrape time (plain counts: no cost per event beyond an add).
+        self.reads = 0  # shared reads of new events
+        self.events_delivered = 0  # change events handed to streams (per stream)
+        self.streams_ended: dict[str, int] = {}  # watchers gone, by why (EndReason or "closed")
 
     @property
     def watchers(self) -> int:
@@ -162,6 +173,7 @@ class ChangeFeed:
             watcher = FeedWatcher(task_filter, start, self._head, self.config.watcher_buffer)
             if self.closing:
                 watcher.end(EndReason.SHUTDOWN)
+                self._count_end(watcher)
                 return watcher
             self._groups.setdefault(task_filter, {})[watcher] = None
             self._watchers += 1
@@ -174,8 +186,13 @@ class ChangeFeed:
         if group is None or group.pop(watcher, False) is False:
             return
         self._watchers -= 1
+        self._count_end(watcher)
         if not group:
             del self._groups[watcher.task_filter]
+
+    def _count_end(self, watcher: FeedWatcher) -> None:
+        reason = _END_LABELS[watcher.ended]
+        self.streams_ended[reason] = self.streams_ended.get(reason, 0) + 1
 
     async def _read_head(self) -> FeedPosition:
         async with UnitOfWork(self._factory, read_only=True) as uow:

@@ -126,6 +126,7 @@ class FeedStream:
                 taken = watcher.take(self._batch)
                 if taken:
                     self.position = taken[-1].last
+                    self._feed.events_delivered += sum(len(chunk.events) for chunk in taken)
                     yield Changes(taken)
                     continue
                 if not await watcher.wait(self._bookmark_interval) and watcher.ended is None:
@@ -181,6 +182,7 @@ class FeedStream:
             if complete and until is not None:
                 self.position = max(self.position, until.joined_at)
             if relevant:
+                self._feed.events_delivered += len(relevant)
                 yield Changes([Chunk(relevant)])
             if complete and until is None:
                 return
@@ -241,6 +243,7 @@ class FeedStream:
             unseen = [e for e in within if e.position.seq > seen_at(e.task_id)]
             relevant = self._relevant(unseen)
             if relevant:
+                self._feed.events_delivered += len(relevant)
                 yield Changes([Chunk(relevant)], resumable=False)
             if len(within) < len(events) or len(events) < self._batch:
                 return
