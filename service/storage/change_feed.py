@@ -23,7 +23,7 @@ the delete before the update it followed: one task's events out of commit order.
 SQLite needs neither: its one writer at a time (BEGIN IMMEDIATE) commits in id order.
 
 Wake-ups: PostgreSQL writers NOTIFY (same trigger); this process LISTENs on ONE
-dedicated asyncpg connection (listen_database_url: a direct, session-mode connection),
+dedicated asyncpg connection (session_database_url: a direct, session-mode connection),
 and a NOTIFY wakes ONE read of new events shared by every watcher of the process,
 filtered in memory per distinct filter and queued per watcher (bounded). A slow safety
 re-read every `recheck_interval` seconds (also pinging the listener) covers a lost
@@ -88,7 +88,14 @@ def feed_config(settings: Settings) -> FeedConfig:
     """The change feed's configuration from the process settings."""
     listen_dsn = None
     if not settings.is_sqlite:
-        url = make_url(settings.listen_database_url or settings.database_url)
+        if settings.session_url_is_pooled:
+            log.warning(
+                "change feed: LISTEN goes through the transaction pooler (database_pooler="
+                "transaction, no session_database_url): notifications get lost there, so "
+                "watchers wake only at the feed_recheck_interval re-reads; point "
+                "session_database_url at PostgreSQL itself"
+            )
+        url = make_url(settings.session_url)  # LISTEN needs a session connection
         url = url.difference_update_query(_DIALECT_ONLY_PARAMETERS).set(drivername="postgresql")
         listen_dsn = url.render_as_string(hide_password=False)
     return FeedConfig(
