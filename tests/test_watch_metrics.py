@@ -51,6 +51,10 @@ async def test_feed_metrics_count_watchers_reads_deliveries_and_ends(database_ur
             await cancelled.wait_for_changes(3)
             assert await _metric(port, "taskservice_feed_events_delivered_total") == 6
             assert await _metric(port, "taskservice_feed_reads_total") >= 1
+            assert running.feed.read_delay > 0, "the events were read after they committed"
+            assert await _metric(port, "taskservice_feed_read_delay_seconds") == (
+                running.feed.read_delay
+            )
 
             await cancelled.cancel()
             await wait_until(lambda: running.feed.watchers == 1)

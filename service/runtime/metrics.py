@@ -179,6 +179,7 @@ class FeedGauges(Protocol):
     reads: int
     events_delivered: int
     streams_ended: dict[str, int]
+    read_delay: float
 
 
 class FeedCollector(Collector):
@@ -205,6 +206,12 @@ class FeedCollector(Collector):
             "taskservice_feed_events_delivered",
             "Change events handed to WatchTasks streams (an event sent to n streams counts n).",
             value=feed.events_delivered,
+        )
+        yield GaugeMetricFamily(
+            "taskservice_feed_read_delay_seconds",
+            "At the reader's last read that found events: seconds since its oldest event "
+            "committed (the feed's lag behind commits; database clock against this host's).",
+            value=feed.read_delay,
         )
         ended = CounterMetricFamily(
             "taskservice_feed_streams_ended",

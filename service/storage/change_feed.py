@@ -127,6 +127,10 @@ class ChangeFeed:
         self.reads = 0  # shared reads of new events
         self.events_delivered = 0  # change events handed to streams (per stream)
         self.streams_ended: dict[str, int] = {}  # watchers gone, by why (EndReason or "closed")
+        # At the last read that found events: how long its oldest event had been committed
+        # (the reader's lag behind commits: wake-up, batching, a busy loop; the database
+        # clock against this host's).
+        self.read_delay = 0.0
 
     @property
     def watchers(self) -> int:
@@ -261,6 +265,7 @@ class ChangeFeed:
                 if not read.events:
                     return
                 self._head = read.events[-1].position
+                self.read_delay = max(0.0, time.time() - read.events[0].commit_time.timestamp())
                 self._dispatch(read.events, self._head)
                 if len(read.events) < self.config.read_batch:
                     return
