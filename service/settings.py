@@ -222,8 +222,9 @@ class Settings(BaseSettings):
     )
     session_database_url: str | None = Field(
         default=None,
-        description="Direct (session) connection for what needs one: migrations, LISTEN. "
-        "Unset: database_url.",
+        description="Direct (session) connection for what needs one: migrations, the change "
+        "feed's LISTEN (one per process). Unset: database_url; behind a transaction-mode "
+        "pooler point it at PostgreSQL itself.",
     )
     read_database_urls: list[str] = Field(
         default_factory=list,
@@ -249,12 +250,6 @@ class Settings(BaseSettings):
     )
 
     # --- change feed (WatchTasks) ----------------------------------------------------
-    listen_database_url: str | None = Field(
-        default=None,
-        description="PostgreSQL URL the change feed LISTENs on, one session per process "
-        "(default: database_url). Behind a transaction-mode pooler (PgBouncer) point it "
-        "at PostgreSQL directly: LISTEN needs a session connection.",
-    )
     feed_bookmark_interval: float = Field(
         default=30.0,
         gt=0,
@@ -325,11 +320,6 @@ class Settings(BaseSettings):
     def admission_limit(self) -> int:
         """RPCs executing at once: max_concurrent_rpcs, else what the pool can serve."""
         return self.max_concurrent_rpcs or self.pool_size + self.max_overflow
-
-    @field_validator("listen_database_url")
-    @classmethod
-    def _normalise_listen_url(cls, value: str | None) -> str | None:
-        return None if value is None else normalise_database_url(value)
 
     @property
     def is_sqlite(self) -> bool:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 import pytest
 
 from service.api.cursors import FeedCursors
 from service.api.pagination import PageTokens
+from service.settings import Settings
+from service.storage.change_feed import feed_config
 from service.storage.errors import InvalidArgument
 from service.storage.feed_events import (
     STATE_KEYS,
@@ -162,3 +165,37 @@ def test_a_position_inside_the_horizons_commit_has_expired() -> None:
     assert is_expired(FeedPosition(5, 1), 5)
     assert not is_expired(FeedPosition.after_commit(5), 5)
     assert not is_expired(FeedPosition(6, 1), 5)
+
+
+async def test_a_quiet_wait_times_out_and_an_offer_ends_a_wait_at_once() -> None:
+    watcher = FeedWatcher(TaskFilter(), FeedPosition(0, 0), FeedPosition(0, 0), capacity=100)
+    assert await watcher.wait(0.01) is False, "nothing came"
+    waiting = asyncio.ensure_future(watcher.wait(60))
+    await asyncio.sleep(0)
+    watcher.offer(_chunk(1), FeedPosition(1, 1))
+    assert await waiting is True
+    watcher.take(limit=10)
+    # Busy waits push the one timer back; a quiet one after them still times out.
+    for seq in range(2, 6):
+        waiting = asyncio.ensure_future(watcher.wait(0.05))
+        await asyncio.sleep(0)
+        watcher.offer(_chunk(seq), FeedPosition(seq, 1))
+        assert await waiting is True
+        watcher.take(limit=10)
+    assert await watcher.wait(0.01) is False
+    watcher.release()
+    assert watcher._timer is None
+
+
+def test_the_feed_listens_over_the_session_url() -> None:
+    settings = Settings(
+        database_url="postgresql://app@pgbouncer:6432/tasks",
+        database_pooler="transaction",
+        session_database_url="postgresql://app@db:5432/tasks",
+    )
+    listen_dsn = feed_config(settings).listen_dsn
+    assert listen_dsn is not None
+    assert listen_dsn.startswith("postgresql://app@db:5432/tasks")
+    assert feed_config(Settings(database_url="postgresql://app@db/tasks")).listen_dsn == (
+        "postgresql://app@db/tasks"
+    )

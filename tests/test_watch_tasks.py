@@ -18,6 +18,7 @@ from taskmanager.v1 import (
     resources_pb2,
     task_service_pb2,
     task_service_pb2_grpc,
+    worker_service_pb2,
 )
 from tests.conftest import create_task, wait_until
 from tests.rpc_errors import expect_failure
@@ -169,6 +170,40 @@ async def test_mirrors_of_filtered_watches_equal_list_tasks(tasks, project, work
     assert any(e.no_longer_matches for w in watches for e in w.events)
 
 
+async def test_a_creator_filter_follows_the_creator_and_its_deletion(
+    tasks, project, worker, workers
+):
+    """creator_id as ListTasks applies it; a task whose creator is deleted leaves the set."""
+    own = {"creator_id": worker.id}
+    mine = await create_task(tasks, project.id, creator_id=worker.id, title="mine")
+    snapshot = await started(
+        Watch(tasks, pb.WatchTasksRequest(project_id=project.id, initial_snapshot=True, **own))
+    )
+    watch = await started(Watch(tasks, pb.WatchTasksRequest(project_id=project.id, **own)))
+    later = await create_task(tasks, project.id, creator_id=worker.id, title="later")
+    await create_task(tasks, project.id, title="someone else's")
+    await update(tasks, mine.id, title="still mine")
+    await workers.DeleteWorker(worker_service_pb2.DeleteWorkerRequest(id=worker.id))
+
+    changes = await watch.wait_for_changes(4)
+    await asyncio.sleep(0.1)  # and nothing more arrives
+    await watch.cancel()
+    assert [(e.type, e.task.id) for e in watch.changes[:2]] == [
+        (CREATED, later.id),
+        (UPDATED, mine.id),
+    ]
+    dropped = changes[2:]  # the worker's delete, one transaction: both leave the set
+    assert sorted(e.task.id for e in dropped) == sorted([mine.id, later.id])
+    assert all(e.type == UPDATED and e.no_longer_matches for e in dropped)
+    assert not any(e.task.HasField("creator_id") for e in dropped)
+    assert mirror(watch.events) == await list_matching(tasks, project_id=project.id, **own) == {}
+
+    await snapshot.wait_for(lambda w: len([e for e in w.events if e.no_longer_matches]) == 2)
+    await snapshot.cancel()
+    assert [e.task.id for e in snapshot.events if e.type == SNAPSHOT] == [mine.id]
+    assert mirror(snapshot.events) == {}
+
+
 async def test_resume_from_any_cursor_continues_right_after_it(tasks, project):
     watch = await started(Watch(tasks, pb.WatchTasksRequest(project_id=project.id)))
     ids = [(await create_task(tasks, project.id)).id for _ in range(3)]
@@ -304,6 +339,7 @@ async def _first_response(tasks: Any, request: pb.WatchTasksRequest) -> pb.Watch
         ({"statuses": [resources_pb2.TASK_STATUS_UNSPECIFIED]}, "statuses[0]"),
         ({"assignee_id": 1, "unassigned": True}, "unassigned"),
         ({"project_id": -1}, "project_id"),
+        ({"creator_id": 0}, "creator_id"),
         ({"view": 7}, "view"),
     ],
 )

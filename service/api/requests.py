@@ -266,6 +266,8 @@ def check_task_filter(request: ListOrStream) -> Violations:
 def check_watch_tasks(request: task_service_pb2.WatchTasksRequest) -> None:
     """Rules for a WatchTasks request: the filters it shares with ListTasks, and its start."""
     violations = _check_common_filters(request)
+    if request.HasField("creator_id"):
+        check_id(violations, "creator_id", request.creator_id)
     check_enum(violations, "view", request.view, resources_pb2.TaskView, allow_unspecified=True)
     if request.initial_snapshot and request.start_cursor:
         violations.add("initial_snapshot", "cannot be combined with start_cursor", "CONFLICT")

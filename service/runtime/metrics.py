@@ -21,7 +21,7 @@ from prometheus_client import (
     disable_created_metrics,
     start_http_server,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
@@ -170,6 +170,60 @@ def _admission(name: str, documentation: str, value: float) -> GaugeMetricFamily
     return GaugeMetricFamily(f"taskservice_admission_{name}", documentation, value=value)
 
 
+class FeedGauges(Protocol):
+    """What the change feed (service.storage.change_feed) counts, read at scrape time."""
+
+    @property
+    def watchers(self) -> int: ...
+
+    reads: int
+    events_delivered: int
+    streams_ended: dict[str, int]
+    read_delay: float
+
+
+class FeedCollector(Collector):
+    """The change feed's watchers, reads and deliveries, read at scrape time (the feed
+    keeps plain counts: nothing per event beyond an addition)."""
+
+    def __init__(self, feed: FeedGauges) -> None:
+        self._feed = feed
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        """Watchers now; reads, delivered events and ended streams so far."""
+        feed = self._feed
+        yield GaugeMetricFamily(
+            "taskservice_feed_watchers",
+            "WatchTasks streams fed by this process's change-feed reader.",
+            value=feed.watchers,
+        )
+        yield CounterMetricFamily(
+            "taskservice_feed_reads",
+            "Reads of new change-feed events, each shared by every watcher of the process.",
+            value=feed.reads,
+        )
+        yield CounterMetricFamily(
+            "taskservice_feed_events_delivered",
+            "Change events handed to WatchTasks streams (an event sent to n streams counts n).",
+            value=feed.events_delivered,
+        )
+        yield GaugeMetricFamily(
+            "taskservice_feed_read_delay_seconds",
+            "At the reader's last read that found events: seconds since its oldest event "
+            "committed (the feed's lag behind commits; database clock against this host's).",
+            value=feed.read_delay,
+        )
+        ended = CounterMetricFamily(
+            "taskservice_feed_streams_ended",
+            "Watchers that stopped being fed, by reason: shutdown, too_slow "
+            "(RESOURCE_EXHAUSTED), expired (history purged), closed (the client went).",
+            labels=("reason",),
+        )
+        for reason, count in sorted(dict(feed.streams_ended).items()):
+            ended.add_metric((reason,), count)
+        yield ended
+
+
 class PoolCollector(Collector):
     """Database pool gauges, read from the engine's current pool at scrape time."""
 
@@ -208,6 +262,10 @@ class Metrics:
     def watch_admission(self, gate: AdmissionGauges) -> None:
         """Report `gate`'s occupancy at every scrape."""
         self.registry.register(AdmissionCollector(gate))
+
+    def watch_feed(self, feed: FeedGauges) -> None:
+        """Report the change feed's counts at every scrape."""
+        self.registry.register(FeedCollector(feed))
 
     @property
     def port(self) -> int:

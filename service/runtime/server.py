@@ -140,6 +140,8 @@ async def start_server(settings: Settings) -> TaskServer:
     session_factory = make_session_factory(engine)
     secret = settings.page_token_secret.get_secret_value()
     feed = ChangeFeed(session_factory, feed_config(settings))
+    if metrics is not None:
+        metrics.watch_feed(feed)
     deps = Dependencies(
         session_factory=session_factory,
         page_tokens=PageTokens(secret),

@@ -23,7 +23,7 @@ the delete before the update it followed: one task's events out of commit order.
 SQLite needs neither: its one writer at a time (BEGIN IMMEDIATE) commits in id order.
 
 Wake-ups: PostgreSQL writers NOTIFY (same trigger); this process LISTENs on ONE
-dedicated asyncpg connection (listen_database_url: a direct, session-mode connection),
+dedicated asyncpg connection (session_database_url: a direct, session-mode connection),
 and a NOTIFY wakes ONE read of new events shared by every watcher of the process,
 filtered in memory per distinct filter and queued per watcher (bounded). A slow safety
 re-read every `recheck_interval` seconds (also pinging the listener) covers a lost
@@ -57,6 +57,14 @@ CHANNEL = "taskservice_feed"
 # process is easy to find.
 LISTENER_NAME = "taskservice-feed-listener"
 _PING_TIMEOUT = 5.0
+# Why watchers went, as the metrics say it; None: the stream itself ended (the client
+# cancelled, its deadline passed, or the handler failed) while it was still fed.
+_END_LABELS: dict[EndReason | None, str] = {
+    EndReason.SHUTDOWN: "shutdown",
+    EndReason.OVERFLOW: "too_slow",
+    EndReason.EXPIRED: "expired",
+    None: "closed",
+}
 _RETRY_DELAY = 1.0
 
 
@@ -80,7 +88,14 @@ def feed_config(settings: Settings) -> FeedConfig:
     """The change feed's configuration from the process settings."""
     listen_dsn = None
     if not settings.is_sqlite:
-        url = make_url(settings.listen_database_url or settings.database_url)
+        if settings.session_url_is_pooled:
+            log.warning(
+                "change feed: LISTEN goes through the transaction pooler (database_pooler="
+                "transaction, no session_database_url): notifications get lost there, so "
+                "watchers wake only at the feed_recheck_interval re-reads; point "
+                "session_database_url at PostgreSQL itself"
+            )
+        url = make_url(settings.session_url)  # LISTEN needs a session connection
         url = url.difference_update_query(_DIALECT_ONLY_PARAMETERS).set(drivername="postgresql")
         listen_dsn = url.render_as_string(hide_password=False)
     return FeedConfig(
@@ -108,7 +123,14 @@ class ChangeFeed:
         self._head: FeedPosition | None = None  # what the reader has read up to
         self._listener: asyncpg.Connection | None = None
         self._task: asyncio.Task[None] | None = None
-        self.reads = 0  # shared reads of new events (tests and metrics)
+        # For metrics, read at scrape time (plain counts: no cost per event beyond an add).
+        self.reads = 0  # shared reads of new events
+        self.events_delivered = 0  # change events handed to streams (per stream)
+        self.streams_ended: dict[str, int] = {}  # watchers gone, by why (EndReason or "closed")
+        # At the last read that found events: how long its oldest event had been committed
+        # (the reader's lag behind commits: wake-up, batching, a busy loop; the database
+        # clock against this host's).
+        self.read_delay = 0.0
 
     @property
     def watchers(self) -> int:
@@ -162,6 +184,7 @@ class ChangeFeed:
             watcher = FeedWatcher(task_filter, start, self._head, self.config.watcher_buffer)
             if self.closing:
                 watcher.end(EndReason.SHUTDOWN)
+                self._count_end(watcher)
                 return watcher
             self._groups.setdefault(task_filter, {})[watcher] = None
             self._watchers += 1
@@ -169,12 +192,18 @@ class ChangeFeed:
 
     def unsubscribe(self, watcher: FeedWatcher) -> None:
         """Forget a watcher (its stream ended); safe to call twice."""
+        watcher.release()
         group = self._groups.get(watcher.task_filter)
         if group is None or group.pop(watcher, False) is False:
             return
         self._watchers -= 1
+        self._count_end(watcher)
         if not group:
             del self._groups[watcher.task_filter]
+
+    def _count_end(self, watcher: FeedWatcher) -> None:
+        reason = _END_LABELS[watcher.ended]
+        self.streams_ended[reason] = self.streams_ended.get(reason, 0) + 1
 
     async def _read_head(self) -> FeedPosition:
         async with UnitOfWork(self._factory, read_only=True) as uow:
@@ -236,6 +265,7 @@ class ChangeFeed:
                 if not read.events:
                     return
                 self._head = read.events[-1].position
+                self.read_delay = max(0.0, time.time() - read.events[0].commit_time.timestamp())
                 self._dispatch(read.events, self._head)
                 if len(read.events) < self.config.read_batch:
                     return

@@ -117,6 +117,7 @@ def matches(task_filter: TaskFilter, state: dict[str, Any]) -> bool:
         and (f.parent_task_id is None or state["parent_task_id"] == f.parent_task_id)
         and (not f.top_level_only or state["parent_task_id"] is None)
         and all(tag in state["tags"] for tag in f.tags)
+        and (f.creator_id is None or state["creator_id"] == f.creator_id)
     )
 
 

@@ -117,8 +117,22 @@ class FeedStream:
                 watcher = await self._feed.subscribe(self._filter, self.position)
                 async for item in self._catch_up(until=watcher):
                     yield item
-            async for item in self._live(watcher):
-                yield item
+            # Live: inline rather than a generator of its own (one resumption less per
+            # message on the hottest path).
+            while True:
+                if watcher.ended is not None or self._feed.closing:
+                    yield self._end(watcher)
+                    return
+                taken = watcher.take(self._batch)
+                if taken:
+                    self.position = taken[-1].last
+                    self._feed.events_delivered += sum(len(chunk.events) for chunk in taken)
+                    yield Changes(taken)
+                    continue
+                if not await watcher.wait(self._bookmark_interval) and watcher.ended is None:
+                    # Idle: nothing queued, so everything the reader has read is handed over.
+                    self.position = max(watcher.seen, self.position or watcher.seen)
+                    yield Bookmark(self.position)
         finally:
             if watcher is not None:
                 self._feed.unsubscribe(watcher)
@@ -156,7 +170,7 @@ class FeedStream:
         assert self.position is not None
         while until is None or self.position < until.joined_at:
             if self._feed.closing or (until is not None and until.ended is not None):
-                return  # _live reports the end
+                return  # the live loop reports the end
             events = await self._read(self.position)
             complete = len(events) < self._batch
             if until is not None and events and events[-1].position > until.joined_at:
@@ -168,24 +182,10 @@ class FeedStream:
             if complete and until is not None:
                 self.position = max(self.position, until.joined_at)
             if relevant:
+                self._feed.events_delivered += len(relevant)
                 yield Changes([Chunk(relevant)])
             if complete and until is None:
                 return
-
-    async def _live(self, watcher: FeedWatcher) -> AsyncIterator[FeedItem]:
-        while True:
-            if watcher.ended is not None or self._feed.closing:
-                yield self._end(watcher)
-                return
-            taken = watcher.take(self._batch)
-            if taken:
-                self.position = taken[-1].last
-                yield Changes(taken)
-                continue
-            if not await watcher.wait(self._bookmark_interval) and watcher.ended is None:
-                # Idle: nothing queued, so everything the reader has read is handed over.
-                self.position = max(watcher.seen, self.position or watcher.seen)
-                yield Bookmark(self.position)
 
     def _end(self, watcher: FeedWatcher) -> Ended:
         reason = watcher.ended or EndReason.SHUTDOWN
@@ -243,6 +243,7 @@ class FeedStream:
             unseen = [e for e in within if e.position.seq > seen_at(e.task_id)]
             relevant = self._relevant(unseen)
             if relevant:
+                self._feed.events_delivered += len(relevant)
                 yield Changes([Chunk(relevant)], resumable=False)
             if len(within) < len(events) or len(events) < self._batch:
                 return

@@ -720,6 +720,7 @@ class WatchTasksRequest(_message.Message):
     PARENT_TASK_ID_FIELD_NUMBER: _builtins.int
     TOP_LEVEL_ONLY_FIELD_NUMBER: _builtins.int
     TAGS_FIELD_NUMBER: _builtins.int
+    CREATOR_ID_FIELD_NUMBER: _builtins.int
     SHOW_DELETED_FIELD_NUMBER: _builtins.int
     VIEW_FIELD_NUMBER: _builtins.int
     START_CURSOR_FIELD_NUMBER: _builtins.int
@@ -734,6 +735,10 @@ class WatchTasksRequest(_message.Message):
     """Only direct subtasks of this task."""
     top_level_only: _builtins.bool
     """Only top-level tasks (no parent). Cannot be combined with parent_task_id."""
+    creator_id: _builtins.int
+    """Only tasks created by this worker (`Task.creator_id`). A task whose
+    creator is deleted (DeleteWorker) leaves the set (`no_longer_matches`).
+    """
     show_deleted: _builtins.bool
     """Also watch soft-deleted tasks (AIP-164). Without it a delete takes the
     task out of the watched set (`no_longer_matches`) and an undelete brings
@@ -782,21 +787,26 @@ class WatchTasksRequest(_message.Message):
         parent_task_id: _builtins.int | None = ...,
         top_level_only: _builtins.bool = ...,
         tags: _abc.Iterable[_builtins.str] | None = ...,
+        creator_id: _builtins.int | None = ...,
         show_deleted: _builtins.bool = ...,
         view: _resources_pb2.TaskView.ValueType = ...,
         start_cursor: _builtins.str = ...,
         initial_snapshot: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_parent_task_id", b"_parent_task_id", "assignee_id", b"assignee_id", "parent_task_id", b"parent_task_id"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_creator_id", b"_creator_id", "_parent_task_id", b"_parent_task_id", "assignee_id", b"assignee_id", "creator_id", b"creator_id", "parent_task_id", b"parent_task_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_parent_task_id", b"_parent_task_id", "assignee_id", b"assignee_id", "initial_snapshot", b"initial_snapshot", "parent_task_id", b"parent_task_id", "priorities", b"priorities", "project_id", b"project_id", "show_deleted", b"show_deleted", "start_cursor", b"start_cursor", "statuses", b"statuses", "tags", b"tags", "top_level_only", b"top_level_only", "unassigned", b"unassigned", "view", b"view"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id", "_creator_id", b"_creator_id", "_parent_task_id", b"_parent_task_id", "assignee_id", b"assignee_id", "creator_id", b"creator_id", "initial_snapshot", b"initial_snapshot", "parent_task_id", b"parent_task_id", "priorities", b"priorities", "project_id", b"project_id", "show_deleted", b"show_deleted", "start_cursor", b"start_cursor", "statuses", b"statuses", "tags", b"tags", "top_level_only", b"top_level_only", "unassigned", b"unassigned", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__assignee_id: _TypeAlias = _typing.Literal["assignee_id"]  # noqa: Y015
     _WhichOneofArgType__assignee_id: _TypeAlias = _typing.Literal["_assignee_id", b"_assignee_id"]  # noqa: Y015
+    _WhichOneofReturnType__creator_id: _TypeAlias = _typing.Literal["creator_id"]  # noqa: Y015
+    _WhichOneofArgType__creator_id: _TypeAlias = _typing.Literal["_creator_id", b"_creator_id"]  # noqa: Y015
     _WhichOneofReturnType__parent_task_id: _TypeAlias = _typing.Literal["parent_task_id"]  # noqa: Y015
     _WhichOneofArgType__parent_task_id: _TypeAlias = _typing.Literal["_parent_task_id", b"_parent_task_id"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__assignee_id) -> _WhichOneofReturnType__assignee_id | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__creator_id) -> _WhichOneofReturnType__creator_id | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__parent_task_id) -> _WhichOneofReturnType__parent_task_id | None: ...
 

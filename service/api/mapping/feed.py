@@ -42,6 +42,7 @@ def watch_filter_from(request: task_service_pb2.WatchTasksRequest) -> TaskFilter
         parent_task_id=request.parent_task_id if request.HasField("parent_task_id") else None,
         top_level_only=request.top_level_only,
         tags=tuple(normalise_tags(request.tags)),
+        creator_id=request.creator_id if request.HasField("creator_id") else None,
         show_deleted=request.show_deleted,
     )
 

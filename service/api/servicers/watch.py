@@ -16,7 +16,14 @@ from service.api.mapping.feed import (
 from service.api.requests import check_watch_tasks
 from service.api.servicers.dependencies import Dependencies
 from service.storage.errors import ResourceExhausted, ServiceError, Unavailable
-from service.storage.feed_stream import Bookmark, Ended, FeedItem, FeedStream, SnapshotPage
+from service.storage.feed_stream import (
+    Bookmark,
+    Changes,
+    Ended,
+    FeedItem,
+    FeedStream,
+    SnapshotPage,
+)
 from service.storage.feed_watcher import EndReason
 from taskmanager.v1 import resources_pb2
 from taskmanager.v1 import task_service_pb2 as pb
@@ -51,7 +58,18 @@ class TaskWatch:
         full = request.view == resources_pb2.TASK_VIEW_FULL
         with self.deps.stream_open():
             async for item in stream.items(start, request.initial_snapshot):
-                yield await self._response(item, full)
+                # The BASIC view of changes (most messages) without a coroutine per message.
+                if not full and isinstance(item, Changes):
+                    yield self._changes(item)
+                else:
+                    yield await self._response(item, full)
+
+    def _changes(self, item: Changes) -> bytes:
+        cursor_of = self.deps.feed_cursors.encode if item.resumable else None
+        chunks = item.chunks
+        if len(chunks) == 1:
+            return chunk_response(chunks[0], cursor_of)
+        return b"".join([chunk_response(chunk, cursor_of) for chunk in chunks])
 
     async def _response(self, item: FeedItem, full: bool) -> bytes:
         if isinstance(item, Ended):
@@ -63,9 +81,9 @@ class TaskWatch:
             events = [snapshot_message(row) for row in item.rows]
             ids = [row[0] for row in item.rows]
         else:
-            cursor_of = self.deps.feed_cursors.encode if item.resumable else None
             if not full:
-                return b"".join(chunk_response(chunk, cursor_of) for chunk in item.chunks)
+                return self._changes(item)
+            cursor_of = self.deps.feed_cursors.encode if item.resumable else None
             pairs = [pair for chunk in item.chunks for pair in chunk.events]
             events = [change_message(event, gone, cursor_of) for event, gone in pairs]
             ids = [event.task_id for event, _ in pairs]
