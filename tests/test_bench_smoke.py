@@ -46,7 +46,12 @@ PERF_HEADINGS = (
     "== What the load generators counted",
     "== Where GetTask's time goes",
 )
-FEED_HEADINGS = ("== Delivery to another process", "commit-to-delivery p99", "== Idle watchers")
+FEED_HEADINGS = (
+    "== Delivery to another process",
+    "commit-to-delivery p99",
+    "== CPU in the measured window",
+    "== Idle watchers",
+)
 H2LOAD_OUTPUT = """
 finished in 1.00s, 3648.00 req/s, 371.88KB/s
 requests: 3648 total, 3652 started, 3648 done, 3640 succeeded, 5 failed, 2 errored, 1 timeout
@@ -143,6 +148,13 @@ async def test_feed_bench_smoke_delivers_events_across_processes_on_one_listen_c
     samples = re.search(r"  latency samples +([\d,]+)", stdout)
     assert samples is not None, stdout
     assert int(samples.group(1).replace(",", "")) > 0
+    # Server B's /metrics was scraped: its feed read and sent WatchTasks messages.
+    for counter in ("WatchTasks messages sent by server B", "change-feed reads by server B"):
+        found = re.search(rf"  {counter} +([\d,]+)", stdout)
+        assert found is not None, stdout
+        assert int(found.group(1).replace(",", "")) > 0, counter
+    for group in ("server A", "server B", "PostgreSQL", "writer processes (1)"):
+        assert re.search(rf"  {re.escape(group)} +[\d.]+ cores", stdout), group
     assert re.search(r"  LISTEN connections of server B +1 +1 +met", stdout), stdout
 
 

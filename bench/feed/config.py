@@ -24,12 +24,14 @@ SIZES = {
     **WRITES,
     **WATCHERS,
     "writer_concurrency": (64, 8),
+    "writers": (2, 1),
 }
 
 
 @dataclass(frozen=True)
 class FeedConfig(DatabaseConfig):
-    """One run: `rate` writes/s on server A for `duration` seconds (after `warmup`), read by
+    """One run: `rate` writes/s on server A for `duration` seconds (after `warmup`), sent by
+    `writers` processes with `writer_concurrency` calls in flight at most in all, read by
     `watchers` watchers on server B, spread over `clients` client processes of which
     `sampled` watchers each decode events for latency; then `idle_watchers` on B."""
 
@@ -41,22 +43,46 @@ class FeedConfig(DatabaseConfig):
     sampled: int
     idle_watchers: int
     writer_concurrency: int
+    writers: int
+    # Server B's change-feed settings (None: the service's default), the CLI flags they become.
+    feed_min_read_interval: float | None = None
+    feed_batch_size: int | None = None
+
+    def feed_args(self) -> tuple[str, ...]:
+        """Server B's command-line flags for the feed settings given."""
+        given = {
+            "--feed-min-read-interval": self.feed_min_read_interval,
+            "--feed-batch-size": self.feed_batch_size,
+        }
+        return tuple(part for flag, v in given.items() if v is not None for part in (flag, str(v)))
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if min(self.rate, self.duration) <= 0 or self.warmup < 0:
             raise SetupError("rate and duration must be positive, warm-up not negative")
-        counts = (self.watchers, self.clients, self.sampled, self.writer_concurrency)
+        counts = (self.watchers, self.clients, self.sampled, self.writer_concurrency, self.writers)
         if min(*counts, self.idle_watchers) < 1 or self.projects < 2:
-            raise SetupError("watchers, clients and concurrency must be positive; 2+ projects")
+            raise SetupError(
+                "watchers, clients, writers and concurrency must be positive; 2+ projects"
+            )
 
 
 def add_options(parser: argparse.ArgumentParser) -> None:
-    """None beyond the common options and the sizes."""
-    del parser
+    """Server B's change-feed settings, passed on to it as its own flags."""
+    parser.add_argument(
+        "--feed-min-read-interval",
+        type=float,
+        help="server B's feed_min_read_interval, seconds (default: the service's)",
+    )
+    parser.add_argument(
+        "--feed-batch-size", type=int, help="server B's feed_batch_size (default: the service's)"
+    )
 
 
 def configure(args: argparse.Namespace, common: dict[str, Any]) -> FeedConfig:
     """The configuration of this run."""
-    del args
-    return FeedConfig(**common)
+    return FeedConfig(
+        **common,
+        feed_min_read_interval=args.feed_min_read_interval,
+        feed_batch_size=args.feed_batch_size,
+    )

@@ -1,50 +1,53 @@
 """The feed bench: WatchTasks commit-to-delivery latency on another process, CPU per event.
 
-Server A takes UpdateTask calls at a fixed rate (open loop) on the tasks of one project;
-watchers of that project on server B, in client processes of their own, receive the
-events. Figures: latency p50 and p99 (receive time minus commit time), B's CPU per
-delivered event; then B's RSS growth with many idle watchers, and its LISTEN connections.
+Writer processes send UpdateTask calls to server A at a fixed rate (open loop) on the
+tasks of one project, for a warm-up and then the measured seconds; watchers of that
+project on server B, in client processes of their own, receive the events. Figures of the
+measured seconds only: the writes A completed, latency p50 and p99 (receive time minus
+commit time), who used the CPU, B's feed reads, messages and CPU per event and message
+(from its /metrics); then B's RSS growth with many idle watchers, and its LISTEN connections.
 """
 
 from __future__ import annotations
 
 import asyncio
-import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-import grpc
-from google.protobuf import field_mask_pb2
 
+from bench.core.cpu import Group, PidSeconds, postgres_cpu_seconds, processes, take, used
 from bench.core.database import reset_writes
 from bench.core.run import say
-from bench.core.servers import ServerProcess, service_server
+from bench.core.servers import ServerProcess, free_port, service_server
 from bench.feed.config import FeedConfig
+from bench.feed.metrics import scrape
 from bench.feed.report import FeedResults
 from bench.feed.watchers import start_watchers
-from taskmanager.v1 import resources_pb2, task_service_pb2_grpc
-from taskmanager.v1 import task_service_pb2 as pb
+from bench.feed.writers import DRAIN_TIMEOUT, start_writers
 
 WATCHED_PROJECT, IDLE_PROJECT = 1, 2  # seeded projects are 1 .. projects
-TAIL_SECONDS = 1.0  # after the last write: the window's last events reach the watchers
+TAIL_SECONDS = 1.0  # after the window: its last events reach the watchers
+START_DELAY = 0.5  # seconds between telling the writers and their first slot
 KIB = 1024
 
 
 async def measure(cfg: FeedConfig) -> FeedResults:
     """Both phases on two fresh servers; the database is put back as seeded after."""
     task_ids = await _task_ids(cfg.dsn, WATCHED_PROJECT)
+    metrics_port = free_port()
+    b_args = ("--metrics-port", str(metrics_port), *cfg.feed_args())
     try:
         with tempfile.TemporaryDirectory(prefix="bench-feed-") as directory:
             workdir = Path(directory)
             async with (
                 service_server(cfg, name="server A (writes)") as a,
-                service_server(cfg, name="server B (watchers)") as b,
+                service_server(cfg, *b_args, name="server B (watchers)") as b,
             ):
                 say(f"{cfg.watchers} watchers on B, {cfg.rate:g} writes/s on A")
-                live = await _deliveries(cfg, a, b, task_ids, workdir)
+                live = await _deliveries(cfg, a, b, metrics_port, task_ids, workdir)
                 say(f"{cfg.idle_watchers:,} idle watchers on B")
                 rss_before = b.memory().rss_kib
                 idle = await start_watchers(
@@ -65,30 +68,92 @@ async def measure(cfg: FeedConfig) -> FeedResults:
 
 
 async def _deliveries(
-    cfg: FeedConfig, a: ServerProcess, b: ServerProcess, task_ids: list[int], workdir: Path
+    cfg: FeedConfig,
+    a: ServerProcess,
+    b: ServerProcess,
+    metrics_port: int,
+    task_ids: list[int],
+    workdir: Path,
 ) -> dict[str, Any]:
-    """Writes on A after a warm-up, watchers on B: the live figures of FeedResults."""
-    clients = await start_watchers(
+    """Writers on A after a warm-up, watchers on B: the live figures of FeedResults."""
+    watchers = await start_watchers(
         b.target, WATCHED_PROJECT, cfg.watchers, cfg.clients, cfg.sampled, workdir
     )
-    async with grpc.aio.insecure_channel(a.target) as channel:
-        tasks = task_service_pb2_grpc.TaskServiceStub(channel)
-        await _write(tasks, task_ids, cfg.rate, cfg.warmup, cfg.writer_concurrency)
-        cpu_before, started = b.cpu_seconds(), time.time()
-        written = await _write(tasks, task_ids, cfg.rate, cfg.duration, cfg.writer_concurrency)
-        ended = time.time()
-    await asyncio.sleep(TAIL_SECONDS)
-    cpu = b.cpu_seconds() - cpu_before
-    latencies, per_watcher = _window(await clients.stop(), started, ended)
-    ordered = sorted(latencies)
-    return {
-        "achieved_rate": written / (ended - started),
-        "latency_p50_ms": _quantile(ordered, 0.50),
-        "latency_p99_ms": _quantile(ordered, 0.99),
-        "latency_samples": len(ordered),
-        "delivered_events": round(per_watcher * cfg.watchers),
-        "server_cpu_seconds": cpu,
+    writers = await start_writers(
+        a.target,
+        cfg.rate,
+        (cfg.warmup, cfg.duration),
+        cfg.writer_concurrency,
+        task_ids,
+        cfg.writers,
+        workdir,
+    )
+    foreign: set[int] = set()
+    groups = {
+        "server A": processes(a.pid),
+        "server B": processes(b.pid),
+        "PostgreSQL": _postgres(foreign),
+        f"writer processes ({cfg.writers})": processes(*writers.pids),
+        f"watcher client processes ({cfg.clients})": processes(
+            *(p.pid for p in watchers.processes)
+        ),
     }
+    begin = time.time() + START_DELAY
+    await writers.go(begin)
+    started, ended = begin + cfg.warmup, begin + cfg.warmup + cfg.duration
+    foreign |= await _other_backends(cfg)
+    await _until(started)
+    before, b_cpu, counters = take(groups), b.cpu_seconds(), await scrape(metrics_port)
+    await _until(ended)
+    foreign |= await _other_backends(cfg)
+    usage = used(before, take(groups))
+    written = await writers.results(DRAIN_TIMEOUT + 60)
+    await _until(ended + TAIL_SECONDS)
+    b_cpu, feed = b.cpu_seconds() - b_cpu, await scrape(metrics_port) - counters
+    latencies = _window(await watchers.stop(), started, ended)
+    write_ms = sorted(ms for writer in written for ms in writer["latencies_ms"])
+    counts = {key: sum(w[key] for w in written) for key in ("offered", "sent", "skipped", "failed")}
+    return {
+        **counts,
+        "completed": len(write_ms),
+        "write_p50_ms": _quantile(write_ms, 0.50),
+        "write_p99_ms": _quantile(write_ms, 0.99),
+        "latency_p50_ms": _quantile(latencies, 0.50),
+        "latency_p99_ms": _quantile(latencies, 0.99),
+        "latency_samples": len(latencies),
+        "server_cpu_seconds": b_cpu,
+        "feed": feed,
+        "cpu": usage,
+    }
+
+
+async def _until(moment: float) -> None:
+    """Sleep until the Unix time `moment` (at once if it is past)."""
+    await asyncio.sleep(max(0.0, moment - time.time()))
+
+
+def _postgres(foreign: set[int]) -> Group:
+    """PostgreSQL's processes less the client backends of other databases (other programs'
+    work on a shared server), `foreign` as known when read."""
+
+    def read() -> PidSeconds:
+        return {pid: s for pid, s in postgres_cpu_seconds().items() if pid not in foreign}
+
+    return read
+
+
+async def _other_backends(cfg: FeedConfig) -> set[int]:
+    """Client backends of PostgreSQL on other databases than the bench's."""
+    connection = await asyncpg.connect(cfg.dsn)
+    try:
+        rows = await connection.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend'"
+            " AND datname IS DISTINCT FROM $1",
+            cfg.database,
+        )
+    finally:
+        await connection.close()
+    return {row["pid"] for row in rows}
 
 
 async def _task_ids(dsn: str, project_id: int) -> list[int]:
@@ -100,49 +165,14 @@ async def _task_ids(dsn: str, project_id: int) -> list[int]:
     return [row["id"] for row in rows]
 
 
-async def _write(
-    tasks: task_service_pb2_grpc.TaskServiceStub,
-    task_ids: list[int],
-    rate: float,
-    seconds: float,
-    concurrency: int,
-) -> int:
-    """UpdateTask at `rate` per second for `seconds` (open loop: each write has its slot)."""
-    slots = asyncio.Semaphore(concurrency)
-    start = time.monotonic()
-    done = 0
-
-    async def one(index: int) -> None:
-        nonlocal done
-        async with slots:
-            request = pb.UpdateTaskRequest(
-                task=resources_pb2.Task(id=task_ids[index % len(task_ids)], title=f"w{index}"),
-                update_mask=field_mask_pb2.FieldMask(paths=["title"]),
-            )
-            await tasks.UpdateTask(request)
-            done += 1
-
-    pending = []
-    for index in range(int(rate * seconds)):
-        delay = start + index / rate - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        pending.append(asyncio.create_task(one(index)))
-    await asyncio.gather(*pending)
-    return done
-
-
-def _window(stats: list[dict[str, Any]], started: float, ended: float) -> tuple[list[float], float]:
-    """Latencies of events committed in the window, and events per watcher in it."""
-    latencies: list[float] = []
-    counts: list[int] = []
-    for client in stats:
-        samples = client["latencies_ms"]
-        latencies.extend(ms for commit, ms in samples if started <= commit <= ended)
-        if client["sampled"]:
-            in_window = sum(1 for commit, _ in samples if started <= commit <= ended)
-            counts.append(in_window // client["sampled"])
-    return latencies, statistics.mean(counts) if counts else 0.0
+def _window(stats: list[dict[str, Any]], started: float, ended: float) -> list[float]:
+    """Latencies of the events committed in the window, in order."""
+    return sorted(
+        ms
+        for client in stats
+        for commit, ms in client["latencies_ms"]
+        if started <= commit <= ended
+    )
 
 
 def _quantile(ordered: list[float], q: float) -> float:

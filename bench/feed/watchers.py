@@ -16,15 +16,14 @@ import asyncio
 import json
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 
+from bench.feed.clients import Clients, start_clients
 from taskmanager.v1 import task_service_pb2 as pb
 
-ROOT = Path(__file__).resolve().parents[2]
 METHOD = "/taskmanager.v1.TaskService/WatchTasks"
 STREAMS_PER_CONNECTION = 90
 
@@ -96,46 +95,25 @@ async def main(address: str, project_id: int, streams: int, sampled: int, output
         json.dump(stats, sink)
 
 
-@dataclass
-class WatcherClients:
+class WatcherClients(Clients):
     """Running watcher client processes and their result files."""
-
-    processes: list[asyncio.subprocess.Process]
-    outputs: list[Path]
 
     async def stop(self) -> list[dict[str, Any]]:
         """Close their stdin (they stop and write their results); the results."""
         for process in self.processes:
             assert process.stdin is not None
             process.stdin.close()
-        for process in self.processes:
-            await asyncio.wait_for(process.wait(), 60)
-        return [json.loads(path.read_text()) for path in self.outputs]
+        return await self.results(60)
 
 
 async def start_watchers(
     address: str, project_id: int, streams: int, clients: int, sampled: int, workdir: Path
 ) -> WatcherClients:
     """`clients` processes sharing `streams` streams; returns once every stream is open."""
-    started = WatcherClients([], [])
-    for index in range(clients):
-        count = streams // clients + (1 if index < streams % clients else 0)
-        output = workdir / f"watchers-{project_id}-{index}.json"
-        arguments = (address, project_id, count, min(sampled, count), output)
-        process = await asyncio.create_subprocess_exec(
-            *(sys.executable, "-m", "bench.feed.watchers", *map(str, arguments)),
-            cwd=ROOT,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        started.processes.append(process)
-        started.outputs.append(output)
-    for process in started.processes:
-        assert process.stdout is not None
-        line = await asyncio.wait_for(process.stdout.readline(), 120)
-        if line.strip() != b"ready":
-            raise RuntimeError(f"a watcher client failed: {line!r}")
-    return started
+    counts = [streams // clients + (1 if i < streams % clients else 0) for i in range(clients)]
+    arguments = [(address, project_id, count, min(sampled, count)) for count in counts]
+    outputs = [workdir / f"watchers-{project_id}-{i}.json" for i in range(clients)]
+    return await start_clients(WatcherClients, "bench.feed.watchers", arguments, outputs)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,9 @@ import os
 import resource
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-from bench.core.servers import ServerProcess, cpu_seconds
+from bench.core.cpu import machine_jiffies, postgres_cpu_seconds
+from bench.core.servers import ServerProcess
 
 QUIET_CORES = 0.3  # busy cores of a machine with nothing running but our idle servers
 DISTURBED_CORES = 0.3  # "other" CPU beyond this during a measurement: something else ran
@@ -61,7 +61,7 @@ class Usage:
 def snapshot(server: ServerProcess) -> Snapshot:
     """The counters now."""
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    busy, total = _machine_jiffies()
+    busy, total = machine_jiffies()
     return Snapshot(
         wall=time.monotonic(),
         server=server.cpu_seconds(tree=True),
@@ -101,32 +101,9 @@ async def wait_for_quiet(max_seconds: float, quiet_seconds: int = 3) -> float:
     or build on the machine would disturb the figures."""
     waited, quiet = 0.0, 0
     while waited < max_seconds and quiet < quiet_seconds:
-        busy, _ = _machine_jiffies()
+        busy, _ = machine_jiffies()
         await asyncio.sleep(1.0)
-        idle = (_machine_jiffies()[0] - busy) / os.sysconf("SC_CLK_TCK") < QUIET_CORES
+        idle = (machine_jiffies()[0] - busy) / os.sysconf("SC_CLK_TCK") < QUIET_CORES
         quiet = quiet + 1 if idle else 0
         waited += 0.0 if idle else 1.0
     return waited
-
-
-def postgres_cpu_seconds() -> dict[int, float]:
-    """CPU time of every live `postgres` process, by pid (what a backend that exits
-    before the next snapshot used after this one is lost)."""
-    seconds: dict[int, float] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if (entry / "comm").read_text().strip() == "postgres":
-                seconds[int(entry.name)] = cpu_seconds(int(entry.name))
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            continue
-    return seconds
-
-
-def _machine_jiffies() -> tuple[float, float]:
-    """(busy, total) jiffies of all CPUs since boot, from /proc/stat."""
-    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal
-    return float(total - idle), float(total)
