@@ -51,6 +51,11 @@ def _ratio(over: float, under: float) -> str:
     return f"{over / under:.1f}" if under else "n/a"
 
 
+def _cpu_per(cores: float, cfg: FeedConfig, count: int) -> str:
+    """CPU per one of `count` things done in the window, from the cores used in it."""
+    return f"{cores * cfg.duration / count * 1e6:.0f} µs" if count else "n/a"
+
+
 def _delivery(cfg: FeedConfig, r: FeedResults) -> list[Row]:
     feed = r.feed
     return [
@@ -63,6 +68,9 @@ def _delivery(cfg: FeedConfig, r: FeedResults) -> list[Row]:
             f"{r.sent:,} / {r.skipped:,} / {r.failed:,} of {r.offered:,}",
         ),
         Row("UpdateTask on A, p50 / p99", f"{r.write_p50_ms:.1f} / {r.write_p99_ms:.1f} ms"),
+        Row(
+            "server A CPU per completed write", _cpu_per(r.cpu.cores["server A"], cfg, r.completed)
+        ),
         _within("commit-to-delivery p50", r.latency_p50_ms, P50_TARGET_MS),
         _within("commit-to-delivery p99", r.latency_p99_ms, P99_TARGET_MS),
         Row("latency samples", f"{r.latency_samples:,}"),
