@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.runtime.server import start_server
 from taskmanager.v1 import task_service_pb2, task_service_pb2_grpc
 from tests.conftest import create_task, server_settings, wait_until
-from tests.server_process import free_port
+from tests.infra.processes import free_port
 from tests.watching import Watch, started
 
 pb = task_service_pb2
