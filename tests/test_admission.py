@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -23,7 +22,6 @@ import grpc
 import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import make_url
 
 from service.runtime.admission import AdmissionGate, admission
@@ -38,6 +36,7 @@ from taskmanager.v1 import (
 from tests.conftest import unique
 from tests.infra.processes import free_port
 from tests.infra.service_process import service_process
+from tests.metrics_scrape import metric
 from tests.rpc_errors import read_failure
 from tests.seeding import seed_tasks_at
 
@@ -93,21 +92,6 @@ async def _writes_blocked(database_url: str) -> AsyncIterator[None]:
     finally:
         await transaction.rollback()
         await locker.close()
-
-
-def _scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=TIMEOUT) as reply:  # noqa: S310
-        body = reply.read().decode()
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(body)
-        for sample in family.samples
-    }
-
-
-async def _metric(port: int, name: str, **labels: str) -> float:
-    samples = await asyncio.to_thread(_scrape, port)
-    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 async def _code_of(call: Awaitable[Any]) -> grpc.StatusCode | grpc.aio.AioRpcError:
@@ -171,8 +155,8 @@ async def test_flood_beyond_bound_and_queue_gets_resource_exhausted_with_retry_i
                 return sum(call.done() for call in calls) == FLOOD - LIMIT - QUEUE
 
             await _eventually(refused, "everything beyond the bound and the queue is refused")
-            assert await _metric(metrics_port, "taskservice_admission_executing") == LIMIT
-            assert await _metric(metrics_port, "taskservice_admission_queue_depth") == QUEUE
+            assert await metric(metrics_port, "taskservice_admission_executing") == LIMIT
+            assert await metric(metrics_port, "taskservice_admission_queue_depth") == QUEUE
             # Health is never gated: a saturated server still answers its probes.
             health = await health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=TIMEOUT
@@ -189,11 +173,11 @@ async def test_flood_beyond_bound_and_queue_gets_resource_exhausted_with_retry_i
             assert failure.info.metadata["cause"] == "queue_full"
             assert failure.retry_info is not None
             assert failure.retry_info.retry_delay.ToTimedelta().total_seconds() > 0
-        rejected = await _metric(
+        rejected = await metric(
             metrics_port, "taskservice_admission_rejected_total", reason="queue_full"
         )
         assert rejected == FLOOD - LIMIT - QUEUE
-        waited = await _metric(metrics_port, "taskservice_admission_wait_seconds_count")
+        waited = await metric(metrics_port, "taskservice_admission_wait_seconds_count")
         assert waited == QUEUE
         assert await server.terminate() == 0, server.log
     assert "INTERNAL" not in server.log
@@ -225,10 +209,10 @@ async def test_streams_the_client_stopped_reading_hold_no_slot(database_url: str
         try:
 
             async def all_stalled() -> bool:
-                return await _metric(metrics_port, "taskservice_admission_executing") == 0
+                return await metric(metrics_port, "taskservice_admission_executing") == 0
 
             await _eventually(all_stalled, "the stalled streams hold no slot")
-            waits = await _metric(metrics_port, "taskservice_admission_wait_seconds_count")
+            waits = await metric(metrics_port, "taskservice_admission_wait_seconds_count")
             tasks = task_service_pb2_grpc.TaskServiceStub(channel)
             for _ in range(20):
                 got = await tasks.GetTask(
@@ -236,7 +220,7 @@ async def test_streams_the_client_stopped_reading_hold_no_slot(database_url: str
                 )
                 assert got.id == task.id
             # None of them waited for a slot.
-            assert await _metric(metrics_port, "taskservice_admission_wait_seconds_count") == waits
+            assert await metric(metrics_port, "taskservice_admission_wait_seconds_count") == waits
         finally:
             for stream in streams:
                 await stream.close()

@@ -10,7 +10,6 @@ import logging
 import socket
 import sys
 import threading
-import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
@@ -19,7 +18,6 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from prometheus_client.parser import text_string_to_metric_families
 
 from service.api.call_context import current_request_id
 from service.runtime.logs import JsonFormatter, TextFormatter
@@ -33,6 +31,7 @@ from taskmanager.v1 import (
     task_service_pb2_grpc,
 )
 from tests.conftest import create_task, unique
+from tests.metrics_scrape import Samples, scrape_port, value
 from tests.rpc_errors import DETAILS_KEY
 from tests.seeding import seed_tasks
 
@@ -41,7 +40,6 @@ TASK_SERVICE = "taskmanager.v1.TaskService"
 HEALTH_SERVICE = "grpc.health.v1.Health"
 RPC_LOGGER = "service.runtime.observability"
 MISSING_ID = 10**12
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 # --- helpers ------------------------------------------------------------------------
@@ -55,25 +53,9 @@ def free_port() -> int:
         return port
 
 
-def _scrape(port: int) -> Samples:
-    url = f"http://127.0.0.1:{port}/metrics"
-    with urllib.request.urlopen(url, timeout=TIMEOUT) as response:  # noqa: S310 - loopback
-        body = response.read().decode()
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(body)
-        for sample in family.samples
-    }
-
-
 async def scrape(server: TaskServer) -> Samples:
     """Every sample /metrics serves now (urllib, on a thread: the loop keeps serving)."""
-    return await asyncio.to_thread(_scrape, server.metrics_port)
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    """One sample's value; 0 when the series does not exist (yet)."""
-    return samples.get((name, frozenset(labels.items())), 0.0)
+    return await scrape_port(server.metrics_port)
 
 
 def rpc_labels(

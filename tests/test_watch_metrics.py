@@ -2,34 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import urllib.request
-
 import grpc
-from prometheus_client.parser import text_string_to_metric_families
 
 from service.runtime.server import start_server
 from taskmanager.v1 import task_service_pb2, task_service_pb2_grpc
 from tests.conftest import create_task, server_settings, wait_until
 from tests.infra.processes import free_port
+from tests.metrics_scrape import metric
 from tests.watching import Watch, started
 
 pb = task_service_pb2
-
-
-def _scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-async def _metric(port: int, name: str, **labels: str) -> float:
-    samples = await asyncio.to_thread(_scrape, port)
-    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 async def test_feed_metrics_count_watchers_reads_deliveries_and_ends(database_url, project):
@@ -39,27 +21,27 @@ async def test_feed_metrics_count_watchers_reads_deliveries_and_ends(database_ur
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             tasks = task_service_pb2_grpc.TaskServiceStub(channel)
-            assert await _metric(port, "taskservice_feed_watchers") == 0
+            assert await metric(port, "taskservice_feed_watchers") == 0
             request = pb.WatchTasksRequest(project_id=project.id)
             kept = await started(Watch(tasks, request))
             cancelled = await started(Watch(tasks, request))
-            assert await _metric(port, "taskservice_feed_watchers") == 2
+            assert await metric(port, "taskservice_feed_watchers") == 2
 
             for title in ("a", "b", "c"):
                 await create_task(tasks, project.id, title=title)
             await kept.wait_for_changes(3)
             await cancelled.wait_for_changes(3)
-            assert await _metric(port, "taskservice_feed_events_delivered_total") == 6
-            assert await _metric(port, "taskservice_feed_reads_total") >= 1
+            assert await metric(port, "taskservice_feed_events_delivered_total") == 6
+            assert await metric(port, "taskservice_feed_reads_total") >= 1
             assert running.feed.read_delay > 0, "the events were read after they committed"
-            assert await _metric(port, "taskservice_feed_read_delay_seconds") == (
+            assert await metric(port, "taskservice_feed_read_delay_seconds") == (
                 running.feed.read_delay
             )
 
             await cancelled.cancel()
             await wait_until(lambda: running.feed.watchers == 1)
-            assert await _metric(port, "taskservice_feed_watchers") == 1
-            assert await _metric(port, "taskservice_feed_streams_ended_total", reason="closed") == 1
+            assert await metric(port, "taskservice_feed_watchers") == 1
+            assert await metric(port, "taskservice_feed_streams_ended_total", reason="closed") == 1
 
             await running.stop(grace=5)
             stopped = True

@@ -8,7 +8,6 @@ import os
 import pwd
 import re
 import shutil
-import signal
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -16,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.infra.processes import free_ports
+from tests.infra.processes import free_ports, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_SITE = ROOT / "deploy" / "nginx" / "taskservice.conf"
@@ -171,12 +170,7 @@ class Nginx:
         """Fast shutdown (SIGTERM) of master and worker; SIGKILL if it hangs."""
         if self.process is None or self.process.returncode is not None:
             return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(self.process.wait(), STOP_TIMEOUT)
-        except TimeoutError:
-            self.process.kill()
-            await self.process.wait()
+        await stop_process(self.process, STOP_TIMEOUT)
 
     def errors(self) -> str:
         return self.error_log.read_text(errors="replace") if self.error_log.exists() else ""

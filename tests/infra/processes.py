@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pwd
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -103,3 +105,13 @@ def wait_for_port(port: int, process: subprocess.Popen[Any] | None, timeout: flo
 def remove_tree(path: Path) -> None:
     """Remove a server's directory, whatever it left behind."""
     shutil.rmtree(path, ignore_errors=True)
+
+
+async def stop_process(process: asyncio.subprocess.Process, timeout: float) -> None:
+    """SIGTERM, and SIGKILL if it has not exited within `timeout` seconds."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(process.wait(), timeout)
+    except TimeoutError:
+        process.kill()
+        await process.wait()

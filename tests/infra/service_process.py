@@ -22,7 +22,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.infra.processes import free_ports
+from tests.infra.processes import free_ports, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 # A fresh interpreter imports grpc, SQLAlchemy and the stubs: slow on a busy machine.
@@ -230,12 +230,7 @@ class ServiceProcess:
         """Stop the process however it is (SIGTERM, then SIGKILL): for teardown. A
         temporary log is removed; `log` still returns its text."""
         if self.process is not None and self.running:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.process.wait(), STOP_TIMEOUT)
-            except TimeoutError:
-                self.process.kill()
-                await self.process.wait()
+            await stop_process(self.process, STOP_TIMEOUT)
         if self._temporary_log and self.log_path is not None:
             self._closed_log = self.log
             self.log_path.unlink(missing_ok=True)
