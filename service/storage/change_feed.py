@@ -192,7 +192,6 @@ class ChangeFeed:
 
     def unsubscribe(self, watcher: FeedWatcher) -> None:
         """Forget a watcher (its stream ended); safe to call twice."""
-        watcher.release()
         group = self._groups.get(watcher.task_filter)
         if group is None or group.pop(watcher, False) is False:
             return

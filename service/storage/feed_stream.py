@@ -117,22 +117,8 @@ class FeedStream:
                 watcher = await self._feed.subscribe(self._filter, self.position)
                 async for item in self._catch_up(until=watcher):
                     yield item
-            # Live: inline rather than a generator of its own (one resumption less per
-            # message on the hottest path).
-            while True:
-                if watcher.ended is not None or self._feed.closing:
-                    yield self._end(watcher)
-                    return
-                taken = watcher.take(self._batch)
-                if taken:
-                    self.position = taken[-1].last
-                    self._feed.events_delivered += sum(len(chunk.events) for chunk in taken)
-                    yield Changes(taken)
-                    continue
-                if not await watcher.wait(self._bookmark_interval) and watcher.ended is None:
-                    # Idle: nothing queued, so everything the reader has read is handed over.
-                    self.position = max(watcher.seen, self.position or watcher.seen)
-                    yield Bookmark(self.position)
+            async for item in self._live(watcher):
+                yield item
         finally:
             if watcher is not None:
                 self._feed.unsubscribe(watcher)
@@ -170,7 +156,7 @@ class FeedStream:
         assert self.position is not None
         while until is None or self.position < until.joined_at:
             if self._feed.closing or (until is not None and until.ended is not None):
-                return  # the live loop reports the end
+                return  # _live reports the end
             events = await self._read(self.position)
             complete = len(events) < self._batch
             if until is not None and events and events[-1].position > until.joined_at:
@@ -182,10 +168,29 @@ class FeedStream:
             if complete and until is not None:
                 self.position = max(self.position, until.joined_at)
             if relevant:
-                self._feed.events_delivered += len(relevant)
-                yield Changes([Chunk(relevant)])
+                yield self._delivered([Chunk(relevant)])
             if complete and until is None:
                 return
+
+    async def _live(self, watcher: FeedWatcher) -> AsyncIterator[FeedItem]:
+        while True:
+            if watcher.ended is not None or self._feed.closing:
+                yield self._end(watcher)
+                return
+            taken = watcher.take(self._batch)
+            if taken:
+                self.position = taken[-1].last
+                yield self._delivered(taken)
+                continue
+            if not await watcher.wait(self._bookmark_interval) and watcher.ended is None:
+                # Idle: nothing queued, so everything the reader has read is handed over.
+                self.position = max(watcher.seen, self.position or watcher.seen)
+                yield Bookmark(self.position)
+
+    def _delivered(self, chunks: list[Chunk], resumable: bool = True) -> Changes:
+        """Changes for the stream, counted for the feed's metrics."""
+        self._feed.events_delivered += sum(len(chunk.events) for chunk in chunks)
+        return Changes(chunks, resumable)
 
     def _end(self, watcher: FeedWatcher) -> Ended:
         reason = watcher.ended or EndReason.SHUTDOWN
@@ -243,8 +248,7 @@ class FeedStream:
             unseen = [e for e in within if e.position.seq > seen_at(e.task_id)]
             relevant = self._relevant(unseen)
             if relevant:
-                self._feed.events_delivered += len(relevant)
-                yield Changes([Chunk(relevant)], resumable=False)
+                yield self._delivered([Chunk(relevant)], resumable=False)
             if len(within) < len(events) or len(events) < self._batch:
                 return
             position = within[-1].position

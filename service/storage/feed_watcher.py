@@ -51,11 +51,7 @@ class FeedWatcher:
     """The events waiting for one watch stream; never more than `capacity`."""
 
     __slots__ = (
-        "_quiet_until",
         "_ready",
-        "_timed_out",
-        "_timer",
-        "_waiting",
         "after",
         "capacity",
         "drained_at_end",
@@ -86,13 +82,6 @@ class FeedWatcher:
         self.ended: EndReason | None = None
         self.drained_at_end = False  # nothing was queued when it ended: `seen` is reached
         self._ready = asyncio.Event()
-        # The quiet-stream timeout of wait(): one timer per watcher, pushed back lazily
-        # (see _quiet_check), not one armed and cancelled per wait, which cost more
-        # than the rest of a wait when a busy stream waits once per message.
-        self._timer: asyncio.TimerHandle | None = None
-        self._quiet_until = 0.0  # loop time at which the current wait times out
-        self._waiting = False
-        self._timed_out = False
 
     def offer(self, chunk: Chunk | None, upto: FeedPosition) -> None:
         """The reader read up to `upto`; `chunk` holds its events for this watcher."""
@@ -138,40 +127,9 @@ class FeedWatcher:
         """Wait for events or the end, at most `timeout` seconds; False if none came."""
         if self._ready.is_set():
             return True
-        loop = asyncio.get_running_loop()
-        self._quiet_until = loop.time() + timeout
-        timer = self._timer
-        if timer is None or timer.when() > self._quiet_until:
-            if timer is not None:
-                timer.cancel()
-            self._timer = loop.call_at(self._quiet_until, self._quiet_check)
-        self._waiting = True
         try:
-            await self._ready.wait()
-        finally:
-            self._waiting = False
-        if self._timed_out:
-            self._timed_out = False
-            if not self.queue and self.ended is None:
-                self._ready.clear()
-                return False
+            async with asyncio.timeout(timeout):
+                await self._ready.wait()
+        except TimeoutError:
+            return False
         return True
-
-    def _quiet_check(self) -> None:
-        """The timer fired: time the wait out if it is due, else push the timer back to
-        the current wait's timeout (a busy stream's waits moved it on meanwhile)."""
-        self._timer = None
-        if not self._waiting:
-            return  # the next wait arms a new timer
-        loop = asyncio.get_running_loop()
-        if loop.time() < self._quiet_until:
-            self._timer = loop.call_at(self._quiet_until, self._quiet_check)
-            return
-        self._timed_out = True
-        self._ready.set()
-
-    def release(self) -> None:
-        """The stream is done with this watcher: drop its timer."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None

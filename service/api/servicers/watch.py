@@ -66,10 +66,7 @@ class TaskWatch:
 
     def _changes(self, item: Changes) -> bytes:
         cursor_of = self.deps.feed_cursors.encode if item.resumable else None
-        chunks = item.chunks
-        if len(chunks) == 1:
-            return chunk_response(chunks[0], cursor_of)
-        return b"".join([chunk_response(chunk, cursor_of) for chunk in chunks])
+        return b"".join([chunk_response(chunk, cursor_of) for chunk in item.chunks])
 
     async def _response(self, item: FeedItem, full: bool) -> bytes:
         if isinstance(item, Ended):
